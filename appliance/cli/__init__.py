@@ -1,0 +1,37 @@
+"""The `connected-registry` command: one click group, one module per command group.
+
+Every failure is one line on stderr and a non-zero exit: 2 for usage and config errors, 1 for
+everything else.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from appliance import __version__
+from appliance.cli.serve import serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="connected-registry")
+def cli() -> None:
+    """An OCI registry appliance for edge sites that keeps a replica in sync with its parent."""
+
+
+cli.add_command(serve)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        # One line, not click's usage block: operators read these in journald and scripts.
+        click.echo(f"Error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)

@@ -1,0 +1,1 @@
+"""Pure knowledge of the OCI distribution and image specs: no I/O, imports nothing of ours."""

@@ -1,0 +1,1 @@
+"""The registry's HTTP face: the OCI distribution API over `Store`, one module per resource."""

@@ -1,0 +1,57 @@
+"""Turns every refusal into the spec's error body, and stamps the API version header."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from appliance.oci.errors import ErrorCode, OCIError
+from appliance.registry.context import API_VERSION_HEADER
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: OCIError) -> web.Response:
+    response = web.Response(
+        status=error.status,
+        body=json.dumps(error.body()).encode(),
+        content_type="application/json",
+        headers=error.headers,
+    )
+    response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+    return response
+
+
+@web.middleware
+async def oci_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except OCIError as error:
+        return error_response(error)
+    except web.HTTPMethodNotAllowed as exc:
+        error = OCIError(
+            ErrorCode.UNSUPPORTED,
+            f"{request.method} is not supported here",
+            detail={"allowed": sorted(exc.allowed_methods)},
+            headers={"Allow": ",".join(sorted(exc.allowed_methods))},
+        )
+        return error_response(error)
+    except web.HTTPNotFound:
+        return error_response(
+            OCIError(ErrorCode.NAME_UNKNOWN, "no such endpoint", detail={"path": request.path})
+        )
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return web.json_response(
+            {"errors": [{"code": "UNKNOWN", "message": "internal error; see the server log"}]},
+            status=500,
+        )
+    response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+    return response

@@ -1,0 +1,150 @@
+"""The SQLite schema and its forward migrations.
+
+`PRAGMA user_version` is the schema version. Each migration runs in one transaction; a database
+whose version is newer than this code knows is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer release; opening it could corrupt it."""
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.create_table(
+        "repositories",
+        {"id": int, "name": str, "created_at": str},
+        pk="id",
+        not_null=["name", "created_at"],
+    )
+    db["repositories"].create_index(["name"], unique=True)
+    db.create_table(
+        "blobs",
+        {"digest": str, "size": int, "created_at": str},
+        pk="digest",
+        not_null=["size", "created_at"],
+    )
+    db.create_table(
+        "repository_blobs",
+        {"repository_id": int, "digest": str, "created_at": str},
+        pk=("repository_id", "digest"),
+        foreign_keys=[("repository_id", "repositories", "id"), ("digest", "blobs", "digest")],
+        not_null=["created_at"],
+    )
+    # Manifests are small (≤ 4 MiB) and read on every pull: their bytes live in the database, so a
+    # manifest and its tag become visible in one transaction.
+    db.create_table(
+        "manifests",
+        {
+            "id": int,
+            "digest": str,
+            "media_type": str,
+            "size": int,
+            "content": bytes,
+            "subject": str,
+            "artifact_type": str,
+            "annotations": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null=["digest", "media_type", "size", "content", "created_at"],
+    )
+    db["manifests"].create_index(["digest"], unique=True)
+    db["manifests"].create_index(["subject"])
+    # What each manifest references: blobs and child manifests (for GC and for sync's copy order).
+    db.create_table(
+        "manifest_references",
+        {"digest": str, "child": str, "kind": str},
+        pk=("digest", "child"),
+        not_null=["kind"],
+    )
+    db["manifest_references"].create_index(["child"])
+    # `origin` records where content came from: 'local' (a client here), 'parent' (pull sync) or
+    # 'child' (a ReadWrite child's push sync); only non-parent writes go up again.
+    db.create_table(
+        "repository_manifests",
+        {"repository_id": int, "digest": str, "origin": str, "created_at": str},
+        pk=("repository_id", "digest"),
+        foreign_keys=[("repository_id", "repositories", "id")],
+        not_null=["origin", "created_at"],
+    )
+    db.create_table(
+        "tags",
+        {"repository_id": int, "name": str, "digest": str, "origin": str, "updated_at": str},
+        pk=("repository_id", "name"),
+        foreign_keys=[("repository_id", "repositories", "id")],
+        not_null=["digest", "origin", "updated_at"],
+    )
+    db["tags"].create_index(["repository_id", "digest"])
+    db.create_table(
+        "uploads",
+        {"id": str, "repository": str, "created_at": float, "updated_at": float},
+        pk="id",
+        not_null=["repository", "created_at", "updated_at"],
+    )
+    # Every content change, whatever its origin: the feed a parent serves its children
+    # (PROTOCOL.md §3).
+    db.create_table(
+        "changes",
+        {
+            "seq": int,
+            "repository": str,
+            "op": str,
+            "tag": str,
+            "digest": str,
+            "origin": str,
+            "time": str,
+        },
+        pk="seq",
+        not_null=["repository", "op", "digest", "origin", "time"],
+    )
+    # Writes that did not come from the parent, to replay upward (PROTOCOL.md §4). Written only on
+    # a node that has a parent.
+    db.create_table(
+        "outbox",
+        {"seq": int, "repository": str, "op": str, "tag": str, "digest": str, "time": str},
+        pk="seq",
+        not_null=["repository", "op", "digest", "time"],
+    )
+    # Role, mode, parent and other state that is not the operator's config (DESIGN.md §7).
+    db.create_table("node_state", {"key": str, "value": str}, pk="key", not_null=["value"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """Open (creating or migrating) the registry database.
+
+    The connection is in autocommit mode; writers group statements with `db.atomic()`.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a write a client saw acknowledged survives a power cut, not only a process crash.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    db = sqlite_utils.Database(conn)
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the database has schema version {version}, newer than this release knows "
+            f"({SCHEMA_VERSION}); install a newer connected-registry"
+        )
+    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+        with db.atomic():
+            migration(db)
+            db.execute(f"PRAGMA user_version={number}")

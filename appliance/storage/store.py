@@ -1,0 +1,436 @@
+"""`Store`: the registry's content — repositories, blobs, manifests, tags — and the only way to
+change it.
+
+Reads are single prepared queries on one long-lived connection, run on the event loop (they take
+microseconds). Writes that make content visible are one transaction each, and a change-feed row
+(and, on a node with a parent, an outbox row) is written in that same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from appliance.oci.digests import Digest
+from appliance.oci.errors import ErrorCode, OCIError
+from appliance.oci.manifests import (
+    MAX_MANIFEST_BYTES,
+    ParsedManifest,
+    parse_manifest,
+    required_blobs,
+)
+from appliance.storage.blobs import place_blob_file
+from appliance.storage.layout import Layout
+from appliance.storage.schema import connect
+from appliance.storage.uploads import Uploads, UploadStatus
+
+
+class Origin(StrEnum):
+    """Where a write came from; decides whether it is replayed to the parent."""
+
+    LOCAL = "local"
+    PARENT = "parent"
+    CHILD = "child"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Referrer:
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+    def descriptor(self) -> dict:
+        d: dict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            d["artifactType"] = self.artifact_type
+        if self.annotations:
+            d["annotations"] = self.annotations
+        return d
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Store:
+    def __init__(self, data_dir: Path) -> None:
+        self.layout = Layout(data_dir)
+        self.layout.create()
+        self.db = connect(self.layout.database)
+        self.conn = self.db.conn
+        self.uploads = Uploads(self.layout, self.db)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- node state ------------------------------------------------------------------------
+
+    def state(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM node_state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO node_state (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @property
+    def has_parent(self) -> bool:
+        return self.state("role") == "connected"
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def repository_id(self, name: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM repositories WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def blob_size(self, repository: str, digest: Digest) -> int | None:
+        """The blob's size if it is linked to the repository, else None."""
+        row = self.conn.execute(
+            "SELECT b.size FROM repositories r "
+            "JOIN repository_blobs rb ON rb.repository_id = r.id "
+            "JOIN blobs b ON b.digest = rb.digest "
+            "WHERE r.name = ? AND rb.digest = ?",
+            (repository, str(digest)),
+        ).fetchone()
+        return row[0] if row else None
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.layout.blob(digest)
+
+    def manifest(self, repository: str, reference: str | Digest) -> StoredManifest | None:
+        if isinstance(reference, Digest):
+            row = self.conn.execute(
+                "SELECT m.digest, m.media_type, m.content FROM repositories r "
+                "JOIN repository_manifests rm ON rm.repository_id = r.id "
+                "JOIN manifests m ON m.digest = rm.digest "
+                "WHERE r.name = ? AND rm.digest = ?",
+                (repository, str(reference)),
+            ).fetchone()
+        else:
+            row = self.conn.execute(
+                "SELECT m.digest, m.media_type, m.content FROM repositories r "
+                "JOIN tags t ON t.repository_id = r.id "
+                "JOIN manifests m ON m.digest = t.digest "
+                "WHERE r.name = ? AND t.name = ?",
+                (repository, reference),
+            ).fetchone()
+        return StoredManifest(*row) if row else None
+
+    def tags(self, repository: str, limit: int | None, last: str | None) -> tuple[list[str], bool]:
+        """Tags in lexical (byte) order after `last`; the flag says whether more follow."""
+        repository_id = self.repository_id(repository)
+        if repository_id is None:
+            raise OCIError(ErrorCode.NAME_UNKNOWN, detail={"name": repository})
+        return self._page(
+            "SELECT name FROM tags WHERE repository_id = ? AND name > ? ORDER BY name LIMIT ?",
+            (repository_id,),
+            limit,
+            last,
+        )
+
+    def repositories(self, limit: int | None, last: str | None) -> tuple[list[str], bool]:
+        return self._page(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+            (),
+            limit,
+            last,
+        )
+
+    def _page(
+        self, sql: str, params: tuple, limit: int | None, last: str | None
+    ) -> tuple[list[str], bool]:
+        fetch = -1 if limit is None else limit + 1
+        names = [row[0] for row in self.conn.execute(sql, (*params, last or "", fetch))]
+        if limit is not None and len(names) > limit:
+            return names[:limit], True
+        return names, False
+
+    def referrers(
+        self, repository: str, subject: Digest, artifact_type: str | None
+    ) -> list[Referrer]:
+        sql = (
+            "SELECT m.media_type, m.digest, m.size, m.artifact_type, m.annotations "
+            "FROM manifests m JOIN repository_manifests rm ON rm.digest = m.digest "
+            "JOIN repositories r ON r.id = rm.repository_id "
+            "WHERE m.subject = ? AND r.name = ?"
+        )
+        params: tuple = (str(subject), repository)
+        if artifact_type is not None:
+            sql += " AND m.artifact_type = ?"
+            params += (artifact_type,)
+        return [
+            Referrer(mt, d, size, at, json.loads(ann) if ann else None)
+            for mt, d, size, at, ann in self.conn.execute(sql + " ORDER BY m.digest", params)
+        ]
+
+    # -- blob writes -----------------------------------------------------------------------
+
+    async def finish_upload(
+        self,
+        session: UploadStatus,
+        expected: Digest,
+        body: AsyncIterator[bytes] | None,
+        origin: Origin = Origin.LOCAL,
+    ) -> int:
+        """Append an optional last piece, verify the digest, and make the blob visible in the
+        session's repository. A mismatch removes the session: its bytes can never become valid."""
+        size = session.size
+        if body is not None:
+            size = await self.uploads.append(session, body)
+            session = UploadStatus(session.session_id, session.repository, size)
+        actual = await self.uploads.digest(session)
+        if actual != expected.hex:
+            self.uploads.cancel(session)
+            raise OCIError(
+                ErrorCode.DIGEST_INVALID,
+                f"uploaded content has digest sha256:{actual}, not {expected}",
+                detail={"expected": str(expected), "actual": f"sha256:{actual}"},
+            )
+        source = self.layout.upload(session.session_id)
+        await asyncio.get_running_loop().run_in_executor(
+            None, place_blob_file, self.layout, source, expected
+        )
+        with self.db.atomic():
+            self._link_blob(session.repository, expected, size)
+            self.uploads.forget(session.session_id)
+        return size
+
+    def mount_blob(self, repository: str, digest: Digest, source: str | None) -> bool:
+        """Link a blob already stored here into `repository`.
+
+        With `source`, only if it is linked there; without, if any repository has it (the spec's
+        automatic mount). Returns False when there is nothing to mount.
+        """
+        if source is not None:
+            size = self.blob_size(source, digest)
+        else:
+            row = self.conn.execute(
+                "SELECT size FROM blobs b WHERE digest = ? AND EXISTS "
+                "(SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
+                (str(digest),),
+            ).fetchone()
+            size = row[0] if row else None
+        if size is None or not self.layout.blob(digest).exists():
+            return False
+        with self.db.atomic():
+            self._link_blob(repository, digest, size)
+        return True
+
+    def _link_blob(self, repository: str, digest: Digest, size: int) -> None:
+        now = _now()
+        repository_id = self._ensure_repository(repository, now)
+        self.conn.execute(
+            "INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (digest) DO NOTHING",
+            (str(digest), size, now),
+        )
+        self.conn.execute(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (repository_id, str(digest), now),
+        )
+
+    def _ensure_repository(self, name: str, now: str) -> int:
+        repository_id = self.repository_id(name)
+        if repository_id is None:
+            repository_id = self.conn.execute(
+                "INSERT INTO repositories (name, created_at) VALUES (?, ?)", (name, now)
+            ).lastrowid
+        return repository_id
+
+    def delete_blob(self, repository: str, digest: Digest) -> None:
+        """Unlink a blob from a repository; its file goes at the next garbage collection."""
+        repository_id = self.repository_id(repository)
+        cursor = self.conn.execute(
+            "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+            (repository_id, str(digest)),
+        )
+        if cursor.rowcount == 0:
+            raise OCIError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(digest)})
+
+    # -- manifest writes -------------------------------------------------------------------
+
+    def put_manifest(
+        self,
+        repository: str,
+        body: bytes,
+        content_type: str,
+        tags: list[str],
+        expected: Digest | None = None,
+        origin: Origin = Origin.LOCAL,
+    ) -> tuple[Digest, ParsedManifest]:
+        """Store a manifest byte-exact and point `tags` at it, in one transaction.
+
+        Everything it references must already be in the repository (MANIFEST_BLOB_UNKNOWN),
+        except its `subject`, which the spec lets arrive later.
+        """
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise manifest_too_large(len(body))
+        digest = Digest.of(body)
+        if expected is not None and digest != expected:
+            raise OCIError(
+                ErrorCode.DIGEST_INVALID,
+                f"manifest content has digest {digest}, not {expected}",
+                detail={"expected": str(expected), "actual": str(digest)},
+            )
+        parsed = parse_manifest(body, content_type)
+        repository_id = self.repository_id(repository)
+        self._check_references(repository_id, parsed)
+        now = _now()
+        annotations = json.dumps(parsed.annotations) if parsed.annotations else None
+        with self.db.atomic():
+            repository_id = self._ensure_repository(repository, now)
+            self.conn.execute(
+                "INSERT INTO manifests (digest, media_type, size, content, subject, "
+                "artifact_type, annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (digest) DO NOTHING",
+                (
+                    str(digest),
+                    parsed.media_type,
+                    len(body),
+                    body,
+                    str(parsed.subject.digest) if parsed.subject else None,
+                    parsed.referrer_artifact_type(),
+                    annotations,
+                    now,
+                ),
+            )
+            self.conn.executemany(
+                "INSERT INTO manifest_references (digest, child, kind) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(str(digest), str(d.digest), "blob") for d in parsed.blobs]
+                + [(str(digest), str(d.digest), "manifest") for d in parsed.manifests],
+            )
+            inserted = self.conn.execute(
+                "INSERT INTO repository_manifests (repository_id, digest, origin, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (repository_id, str(digest), origin.value, now),
+            ).rowcount
+            if inserted:
+                self._record(repository, "put", None, digest, origin, now)
+            for tag in tags:
+                self._set_tag(repository_id, repository, tag, digest, origin, now)
+        return digest, parsed
+
+    def _check_references(self, repository_id: int | None, parsed: ParsedManifest) -> None:
+        missing: list[str] = []
+        for table, wanted in (
+            ("repository_blobs", [str(d.digest) for d in required_blobs(parsed)]),
+            ("repository_manifests", [str(d.digest) for d in parsed.manifests]),
+        ):
+            if not wanted:
+                continue
+            present: set[str] = set()
+            if repository_id is not None:
+                unique = sorted(set(wanted))
+                marks = ",".join("?" * len(unique))
+                present = {
+                    row[0]
+                    for row in self.conn.execute(
+                        f"SELECT digest FROM {table} "
+                        f"WHERE repository_id = ? AND digest IN ({marks})",
+                        (repository_id, *unique),
+                    )
+                }
+            missing += [d for d in wanted if d not in present]
+        if missing:
+            raise OCIError(
+                ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                f"manifest references {len(missing)} blob(s) or manifest(s) not in this "
+                f"repository, first {missing[0]}",
+                detail={"missing": missing[:20]},
+            )
+
+    def _set_tag(
+        self,
+        repository_id: int,
+        repository: str,
+        tag: str,
+        digest: Digest,
+        origin: Origin,
+        now: str,
+    ) -> None:
+        changed = self.conn.execute(
+            "INSERT INTO tags (repository_id, name, digest, origin, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (repository_id, name) DO UPDATE SET "
+            "digest = excluded.digest, origin = excluded.origin, updated_at = excluded.updated_at "
+            "WHERE tags.digest != excluded.digest",
+            (repository_id, tag, str(digest), origin.value, now),
+        ).rowcount
+        if changed:
+            self._record(repository, "put", tag, digest, origin, now)
+
+    def delete_tag(self, repository: str, tag: str, origin: Origin = Origin.LOCAL) -> None:
+        repository_id = self.repository_id(repository)
+        now = _now()
+        with self.db.atomic():
+            row = self.conn.execute(
+                "DELETE FROM tags WHERE repository_id = ? AND name = ? RETURNING digest",
+                (repository_id, tag),
+            ).fetchone()
+            if row is None:
+                raise OCIError(ErrorCode.MANIFEST_UNKNOWN, detail={"tag": tag})
+            self._record(repository, "delete", tag, Digest.parse(row[0]), origin, now)
+
+    def delete_manifest(
+        self, repository: str, digest: Digest, origin: Origin = Origin.LOCAL
+    ) -> None:
+        """Remove a manifest from a repository, with every tag that points at it."""
+        repository_id = self.repository_id(repository)
+        now = _now()
+        with self.db.atomic():
+            removed = self.conn.execute(
+                "DELETE FROM repository_manifests WHERE repository_id = ? AND digest = ?",
+                (repository_id, str(digest)),
+            ).rowcount
+            if not removed:
+                raise OCIError(ErrorCode.MANIFEST_UNKNOWN, detail={"digest": str(digest)})
+            tags = [
+                row[0]
+                for row in self.conn.execute(
+                    "DELETE FROM tags WHERE repository_id = ? AND digest = ? RETURNING name",
+                    (repository_id, str(digest)),
+                )
+            ]
+            for tag in sorted(tags):
+                self._record(repository, "delete", tag, digest, origin, now)
+            self._record(repository, "delete", None, digest, origin, now)
+
+    def _record(
+        self, repository: str, op: str, tag: str | None, digest: Digest, origin: Origin, now: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO changes (repository, op, tag, digest, origin, time) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (repository, op, tag, str(digest), origin.value, now),
+        )
+        if origin is not Origin.PARENT and self.has_parent:
+            self.conn.execute(
+                "INSERT INTO outbox (repository, op, tag, digest, time) VALUES (?, ?, ?, ?, ?)",
+                (repository, op, tag, str(digest), now),
+            )
+
+
+def manifest_too_large(size: int) -> OCIError:
+    return OCIError(
+        ErrorCode.SIZE_INVALID,
+        f"manifest is {size} bytes; at most {MAX_MANIFEST_BYTES} are accepted",
+        status=413,
+    )
