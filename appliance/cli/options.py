@@ -11,12 +11,15 @@ import click
 from appliance.config import Config, ConfigError, resolve
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_CONFIG",
     help="Config file (TOML).  [default: /etc/connected-registry/config.toml if it exists]",
 )
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_DATA_DIR",
     help="State directory.  [default: the config's data_dir, else ./connected-registry-data]",
 )

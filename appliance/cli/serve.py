@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -22,7 +23,8 @@ from appliance.storage.schema import SchemaTooNew
 @click.command()
 @node_options
 @click.option(
-    "--listen", envvar="CONNECTED_REGISTRY_LISTEN",
+    "--listen",
+    envvar="CONNECTED_REGISTRY_LISTEN",
     help="HOST:PORT to listen on.  [default: 127.0.0.1:5050, or the config's listen]",
 )
 def serve(config_path: Path | None, data_dir: Path | None, listen: str | None) -> None:
@@ -42,7 +44,7 @@ def serve(config_path: Path | None, data_dir: Path | None, listen: str | None) -
         raise click.ClickException(f"cannot listen on {config.listen.url('tcp')}: {err}") from None
 
 
-def _loop_factory():  # noqa: ANN202 - returns an event loop class or None
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     # uvloop roughly doubles aiohttp's request rate; the stock loop still works without it.
     try:
         import uvloop

@@ -28,7 +28,9 @@ def _page_params(request: web.Request) -> tuple[int | None, str | None]:
         return None, last
     if not n.isdigit():
         raise OCIError(
-            ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400,
+            ErrorCode.UNSUPPORTED,
+            "n must be a non-negative integer",
+            status=400,
             detail={"n": n[:50]},
         )
     return min(int(n), MAX_PAGE), last

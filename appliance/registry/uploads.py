@@ -48,9 +48,10 @@ def _created(repository: str, digest: Digest) -> web.Response:
 
 
 def _has_body(request: web.Request) -> bool:
-    return request.content_length not in (None, 0) or request.headers.get(
-        "Transfer-Encoding", ""
-    ).lower() == "chunked"
+    return (
+        request.content_length not in (None, 0)
+        or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    )
 
 
 def _body(request: web.Request) -> AsyncIterator[bytes]:
