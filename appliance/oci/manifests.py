@@ -112,6 +112,8 @@ def parse_manifest(body: bytes, content_type: str) -> ParsedManifest:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _invalid(f"manifest is not valid JSON: {err}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
     declared = doc.get("mediaType")
