@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
+import sqlite3
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -35,13 +35,8 @@ def serve(config_path: Path | None, data_dir: Path | None, listen: str | None) -
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve(config))
-    except SchemaTooNew as err:
-        raise click.ClickException(str(err)) from None
-    except OSError as err:
-        raise click.ClickException(f"cannot listen on {config.listen.url('tcp')}: {err}") from None
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(config))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -70,18 +65,27 @@ async def _serve(config: Config) -> None:
     app = make_app(data_dir)
     access_log = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except SchemaTooNew as err:
+        raise click.ClickException(str(err)) from None
+    except (OSError, sqlite3.Error) as err:
+        raise click.ClickException(f"cannot open the data directory {data_dir}: {err}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
         site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=tls)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as err:
+            raise click.ClickException(
+                f"cannot listen on {config.listen.url('tcp')}: {err.strerror or err}"
+            ) from None
         url = config.listen.url("https" if tls else "http")
-        click.echo(f"connected-registry {__version__} serving {url}", err=False)
+        click.echo(f"connected-registry {__version__} serving {url}")
         click.echo(f"data: {data_dir}")
         await stop.wait()
     finally:
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
+        await runner.cleanup()

@@ -164,10 +164,11 @@ class Uploads:
                 continue
             self.forget(session_id)
             self.layout.upload(session_id).unlink(missing_ok=True)
+        # A file with no row is left by a crash between creating a session's file and its row.
         known = {row[0] for row in self.db.execute("SELECT id FROM uploads")}
         orphans = 0
         for entry in os.scandir(self.layout.uploads):
-            if entry.name not in known and entry.stat().st_mtime < cutoff + max_age - 60:
+            if entry.name not in known and entry.stat().st_mtime < time.time() - 60:
                 os.unlink(entry.path)
                 orphans += 1
         return len(stale) + orphans
