@@ -239,10 +239,15 @@ def load_config(path: Path | None) -> Config:
 
 
 def resolve(
-    config_path: Path | None, data_dir: Path | None = None, listen: str | None = None
+    config_path: Path | None,
+    data_dir: Path | None = None,
+    listen: str | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    auth_enabled: bool | None = None,
 ) -> Config:
     """Apply flags (or their environment variables, which click has already merged) over the
-    config file."""
+    config file. Only what was given overrides."""
     config = load_config(config_path)
     changes: dict[str, Any] = {}
     if data_dir is not None:
@@ -252,4 +257,10 @@ def resolve(
             changes["listen"] = parse_listen(listen)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if tls_cert is not None:
+        changes["tls_cert"], changes["tls_key"] = tls_cert, tls_key
+    if auth_enabled is not None:
+        changes["auth_enabled"] = auth_enabled
     return replace(config, **changes) if changes else config

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -27,11 +28,62 @@ from appliance.storage.schema import SchemaTooNew
     envvar="CONNECTED_REGISTRY_LISTEN",
     help="HOST:PORT to listen on.  [default: 127.0.0.1:5050, or the config's listen]",
 )
-def serve(config_path: Path | None, data_dir: Path | None, listen: str | None) -> None:
-    """Run the registry: the OCI distribution API on one listener."""
-    config = load(config_path, data_dir, listen)
-    if config.auth_enabled:
-        raise click.ClickException("[auth] enabled = true is not supported by this release yet")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="CONNECTED_REGISTRY_TLS_CERT",
+    help="Server certificate (PEM, chain after it).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="CONNECTED_REGISTRY_TLS_KEY",
+    help="Server certificate's private key (PEM).",
+)
+@click.option(
+    "--auth/--no-auth",
+    "auth",
+    default=None,
+    help="Require tokens from clients.  [default: the config's [auth] enabled, else off]",
+)
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="Allow auth over plain HTTP on a loopback address (tests and development only).",
+)
+def serve(
+    config_path: Path | None,
+    data_dir: Path | None,
+    listen: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    auth: bool | None,
+    insecure_http: bool,
+) -> None:
+    """Run the registry: the OCI distribution API and the token endpoint on one listener.
+
+    Plain HTTP is for loopback only: anywhere else give a certificate (`connected-registry tls
+    generate` makes one), and with auth on plain HTTP also needs --insecure-http.
+    """
+    config = load(
+        config_path,
+        data_dir,
+        listen=listen,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        auth_enabled=auth,
+    )
+    if config.tls_cert is None:
+        if not config.listen.is_loopback:
+            raise click.ClickException(
+                f"plain HTTP is only served on loopback, not {config.listen.host}: give "
+                "--tls-cert/--tls-key (connected-registry tls generate makes them)"
+            )
+        if config.auth_enabled and not insecure_http:
+            raise click.ClickException(
+                "auth over plain HTTP would send passwords in clear: give --tls-cert/--tls-key, "
+                "or --insecure-http for a loopback test setup"
+            )
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -62,7 +114,7 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
 async def _serve(config: Config) -> None:
     tls = _tls_context(config)
     data_dir = config.data_dir.resolve()
-    app = make_app(data_dir)
+    app = make_app(replace(config, data_dir=data_dir))
     access_log = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False)
     try:

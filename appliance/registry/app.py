@@ -6,12 +6,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
-from appliance.registry import blobs, listing, manifests, uploads
-from appliance.registry.context import STORE
+from appliance.auth.access import AnonymousPull
+from appliance.auth.bearer import TokenAuthority, load_or_create_key
+from appliance.auth.tokens import Credentials
+from appliance.config import Config
+from appliance.registry import blobs, listing, manifests, token, uploads
+from appliance.registry.access import AUTH, AUTHORITY, CREDENTIALS, AuthSettings, access_control
+from appliance.registry.context import LOGIN, STORE, requires
 from appliance.registry.errors import oci_errors
 from appliance.storage.store import Store
 from appliance.storage.uploads import ABANDONED_AFTER
@@ -25,6 +29,7 @@ PURGE_EVERY = 3600.0
 NAME = "{name:.+}"
 
 
+@requires(LOGIN)
 async def api_base(request: web.Request) -> web.StreamResponse:
     """end-1: the client's probe that this is a v2 registry (and, later, its auth check)."""
     return web.json_response({})
@@ -33,6 +38,8 @@ async def api_base(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v2/", api_base)
+    r.add_get("/oauth2/token", token.get_token)
+    r.add_post("/oauth2/token", token.post_token)
     r.add_get("/v2/_catalog", listing.catalog)
     r.add_route("POST", f"/v2/{NAME}/blobs/uploads/", uploads.start_upload)
     r.add_route("POST", f"/v2/{NAME}/blobs/uploads", uploads.start_upload)
@@ -60,13 +67,21 @@ async def _purge_abandoned_uploads(store: Store, max_age: float) -> None:
         await asyncio.sleep(PURGE_EVERY)
 
 
-def make_app(data_dir: Path, upload_max_age: float = ABANDONED_AFTER) -> web.Application:
-    """The registry over the store in `data_dir`; the store is opened at startup."""
-    app = web.Application(middlewares=[oci_errors], client_max_size=1024**2)
+def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.Application:
+    """The registry over the store in `config.data_dir`, opened at startup."""
+    app = web.Application(middlewares=[oci_errors, access_control], client_max_size=1024**2)
+    app[AUTH] = AuthSettings(config.auth_enabled, AnonymousPull(config.anonymous_pull))
 
     async def store_context(app: web.Application) -> AsyncIterator[None]:
-        store = Store(data_dir)
+        store = Store(config.data_dir)
         app[STORE] = store
+        app[CREDENTIALS] = Credentials(
+            store.db,
+            max_tokens=config.limits.tokens,
+            max_scope_maps=config.limits.scope_maps,
+            max_permissions=config.limits.repository_permissions,
+        )
+        app[AUTHORITY] = TokenAuthority(load_or_create_key(store.layout.token_signing_key))
         purge = asyncio.create_task(_purge_abandoned_uploads(store, upload_max_age))
         yield
         purge.cancel()

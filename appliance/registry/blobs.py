@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.auth.scopes import CONTENT_DELETE, CONTENT_READ
 from appliance.oci.errors import ErrorCode, OCIError
-from appliance.registry.context import digest_of, repository_of, store_of
+from appliance.registry.context import digest_of, repository_of, requires, store_of
 
 
+@requires(CONTENT_READ)
 async def get_blob(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     digest = digest_of(request)
@@ -32,6 +34,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers=headers)
 
 
+@requires(CONTENT_DELETE)
 async def delete_blob(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     digest = digest_of(request)

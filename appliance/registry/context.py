@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from appliance.oci.digests import Digest
@@ -10,6 +12,8 @@ from appliance.storage.store import Store
 
 STORE = web.AppKey("store", Store)
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def store_of(request: web.Request) -> Store:
@@ -23,3 +27,24 @@ def repository_of(request: web.Request) -> str:
 
 def digest_of(request: web.Request, key: str = "digest") -> Digest:
     return Digest.parse(request.match_info[key])
+
+
+# -- access requirements, declared beside each handler ------------------------------------------
+
+LOGIN = "login"  # any authenticated caller (the /v2/ probe)
+CATALOG = "catalog"  # registry:catalog:*
+
+
+def requires(*needs: str) -> Callable[[Handler], Handler]:
+    """Declare what a handler needs: repository actions (`content/read`, …) on the path's
+    `<name>`, or LOGIN, or CATALOG. The access middleware enforces it before the handler runs."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.required_access = frozenset(needs)  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def required_access(request: web.Request) -> frozenset[str] | None:
+    return getattr(request.match_info.handler, "required_access", None)

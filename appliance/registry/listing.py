@@ -11,9 +11,11 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from appliance.auth.scopes import METADATA_READ
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.manifests import OCI_INDEX
-from appliance.registry.context import digest_of, repository_of, store_of
+from appliance.registry.access import IDENTITY, may_read
+from appliance.registry.context import CATALOG, digest_of, repository_of, requires, store_of
 
 # `_catalog` without `n` returns at most this many and a Link; tags lists are returned whole,
 # since not every client follows Link on tags.
@@ -46,6 +48,7 @@ def _json(body: dict, headers: dict[str, str] | None = None) -> web.Response:
     )
 
 
+@requires(METADATA_READ)
 async def list_tags(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     limit, last = _page_params(request)
@@ -60,18 +63,32 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
     return _json({"name": repository, "tags": tags}, headers)
 
 
+@requires(CATALOG)
 async def catalog(request: web.Request) -> web.StreamResponse:
+    """Repositories in lexical order; with auth on, only those the caller may read."""
     limit, last = _page_params(request)
     page = CATALOG_PAGE if limit is None else limit
     if page == 0:
         return _json({"repositories": []})
-    names, more = store_of(request).repositories(page, last)
+    identity = request.get(IDENTITY)
+    store = store_of(request)
+    names: list[str] = []
+    more = False
+    while len(names) < page:
+        batch, more = store.repositories(page, last)
+        names += [n for n in batch if may_read(identity, n)]
+        if not more:
+            break
+        last = batch[-1]
+    if len(names) > page:
+        names, more = names[:page], True
     headers = {}
-    if more:
+    if more and names:
         headers["Link"] = _link("/v2/_catalog", page, names[-1])
     return _json({"repositories": names}, headers)
 
 
+@requires(METADATA_READ)
 async def list_referrers(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     subject = digest_of(request)

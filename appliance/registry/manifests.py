@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.auth.scopes import CONTENT_DELETE, CONTENT_READ, CONTENT_WRITE
 from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.manifests import MAX_MANIFEST_BYTES
 from appliance.oci.names import parse_reference, validate_tag
-from appliance.registry.context import repository_of, store_of
+from appliance.registry.context import repository_of, requires, store_of
 from appliance.storage.store import manifest_too_large
 
 
+@requires(CONTENT_READ)
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     reference = parse_reference(request.match_info["reference"])
@@ -46,6 +48,7 @@ async def _read_limited(request: web.Request) -> bytes:
     return bytes(body)
 
 
+@requires(CONTENT_READ, CONTENT_WRITE)
 async def put_manifest(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     reference = parse_reference(request.match_info["reference"])
@@ -77,6 +80,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@requires(CONTENT_DELETE)
 async def delete_manifest(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     reference = parse_reference(request.match_info["reference"])

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from appliance.auth.scopes import CONTENT_READ, CONTENT_WRITE
 from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.names import validate_name
-from appliance.registry.context import repository_of, store_of
+from appliance.registry.access import IDENTITY, may_pull
+from appliance.registry.context import repository_of, requires, store_of
 from appliance.storage.uploads import UploadStatus
 
 _CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
@@ -58,18 +60,23 @@ def _body(request: web.Request) -> AsyncIterator[bytes]:
     return request.content.iter_any()
 
 
+@requires(CONTENT_READ, CONTENT_WRITE)
 async def start_upload(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     store = store_of(request)
     query = request.query
     if "mount" in query:
         digest = Digest.parse(query["mount"])
-        source = query.get("from")
-        if source is not None:
-            validate_name(source)
-        if store.mount_blob(repository, digest, source):
-            return _created(repository, digest)
-        # Nothing to mount: fall through to an ordinary session, as the spec asks.
+        if "from" in query:
+            sources = [validate_name(query["from"])]
+        else:
+            # The spec's automatic mount: from any repository holding the blob.
+            sources = store.repositories_with_blob(digest)
+        identity = request.get(IDENTITY)
+        for source in sources:
+            if may_pull(identity, source) and store.mount_blob(repository, digest, source):
+                return _created(repository, digest)
+        # Nothing this caller may mount: an ordinary session, as the spec asks.
     session = store.uploads.create(repository)
     if "digest" in query and "mount" not in query:
         digest = Digest.parse(query["digest"])
@@ -108,6 +115,7 @@ def _check_content_range(request: web.Request, status: UploadStatus) -> None:
         )
 
 
+@requires(CONTENT_READ, CONTENT_WRITE)
 async def patch_upload(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
     status = await _session(request)
@@ -119,6 +127,7 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     return web.Response(status=202, headers=_progress_headers(status))
 
 
+@requires(CONTENT_READ, CONTENT_WRITE)
 async def finish_upload(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
     status = await _session(request)
@@ -135,11 +144,13 @@ async def finish_upload(request: web.Request) -> web.StreamResponse:
     return _created(status.repository, digest)
 
 
+@requires(CONTENT_READ, CONTENT_WRITE)
 async def upload_status(request: web.Request) -> web.StreamResponse:
     status = await _session(request)
     return web.Response(status=204, headers=_progress_headers(status))
 
 
+@requires(CONTENT_READ, CONTENT_WRITE)
 async def cancel_upload(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
     status = await _session(request)

@@ -5,7 +5,8 @@
                                    outbox, change feed, node state
       blobs/sha256/<ab>/<abcd…>    content-addressed blob files, named by their full hex digest
       uploads/<session id>         the bytes received so far for one upload session
-      secrets/                     0700: keys and tokens (later issues)
+      secrets/                     0700
+        token-signing-key.pem      0600: signs the bearer tokens of /oauth2/token
 
 Paths are built only from a validated `Digest` or from a session id this process generated, so
 nothing a client sends can name a file outside the data directory.
@@ -28,6 +29,7 @@ class Layout:
         self.blobs = root / "blobs" / "sha256"
         self.uploads = root / "uploads"
         self.secrets = root / "secrets"
+        self.token_signing_key = self.secrets / "token-signing-key.pem"
 
     def create(self) -> None:
         for folder in (self.root, self.blobs, self.uploads):

@@ -117,7 +117,46 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.create_table("node_state", {"key": str, "value": str}, pk="key", not_null=["value"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Client access: scope maps, tokens and their password hashes. `origin` is 'local' for what
+    was created on this node, 'parent' for what a parent sent (never edited here)."""
+    db.create_table(
+        "scope_maps",
+        {
+            "name": str,
+            "description": str,
+            "permissions": str,
+            "origin": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="name",
+        not_null=["permissions", "origin", "created_at", "updated_at"],
+    )
+    db.create_table(
+        "tokens",
+        {
+            "name": str,
+            "scope_map": str,
+            "status": str,
+            "origin": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="name",
+        foreign_keys=[("scope_map", "scope_maps", "name")],
+        not_null=["scope_map", "status", "origin", "created_at", "updated_at"],
+    )
+    db.create_table(
+        "token_passwords",
+        {"token": str, "name": str, "hash": str, "expiry": str, "created_at": str},
+        pk=("token", "name"),
+        foreign_keys=[("token", "tokens", "name")],
+        not_null=["hash", "created_at"],
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

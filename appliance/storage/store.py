@@ -212,26 +212,25 @@ class Store:
             self.uploads.forget(session.session_id)
         return size
 
-    def mount_blob(self, repository: str, digest: Digest, source: str | None) -> bool:
-        """Link a blob already stored here into `repository`.
-
-        With `source`, only if it is linked there; without, if any repository has it (the spec's
-        automatic mount). Returns False when there is nothing to mount.
-        """
-        if source is not None:
-            size = self.blob_size(source, digest)
-        else:
-            row = self.conn.execute(
-                "SELECT size FROM blobs b WHERE digest = ? AND EXISTS "
-                "(SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
-                (str(digest),),
-            ).fetchone()
-            size = row[0] if row else None
+    def mount_blob(self, repository: str, digest: Digest, source: str) -> bool:
+        """Link a blob that is linked to `source` into `repository` too; False if it is not
+        there to mount."""
+        size = self.blob_size(source, digest)
         if size is None or not self.layout.blob(digest).exists():
             return False
         with self.db.atomic():
             self._link_blob(repository, digest, size)
         return True
+
+    def repositories_with_blob(self, digest: Digest) -> list[str]:
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT r.name FROM repository_blobs rb JOIN repositories r "
+                "ON r.id = rb.repository_id WHERE rb.digest = ? ORDER BY r.name",
+                (str(digest),),
+            )
+        ]
 
     def _link_blob(self, repository: str, digest: Digest, size: int) -> None:
         now = _now()

@@ -1,0 +1,1 @@
+"""Client access: tokens, scope maps, password hashing, bearer tokens and access decisions."""

@@ -1,0 +1,47 @@
+"""Token passwords: generated strong, shown once, stored only as a slow salted scrypt hash."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+# scrypt N=2^15, r=8, p=1: about 0.1 s and 32 MiB per check, so a stolen database is expensive
+# to attack; the credential cache keeps it off the hot path.
+_N, _R, _P = 2**15, 8, 1
+_MAXMEM = 64 * 1024 * 1024
+# URL-safe alphabet, no `;` or `=`, so a password can sit in a connection string (PROTOCOL.md §1).
+PASSWORD_BYTES = 32
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(PASSWORD_BYTES).replace("=", "")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, maxmem=_MAXMEM)
+    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, expected = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        digest = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=_MAXMEM,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(digest, base64.b64decode(expected))

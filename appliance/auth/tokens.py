@@ -1,0 +1,448 @@
+"""Tokens and scope maps, kept in the registry database, and password checks against them.
+
+The model is ACR's: a scope map is a named list of repository permissions; a token names one
+scope map, is enabled or disabled, and has two passwords (each with an optional expiry) so a
+client can move to a new password before the old one is revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlite_utils
+
+from appliance.auth.passwords import generate_password, hash_password, verify_password
+from appliance.auth.scopes import PatternError, Permission, validate_actions, validate_pattern
+
+PASSWORD_NAMES = ("password1", "password2")
+STATUSES = ("enabled", "disabled")
+_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{4,49}")
+# A verified password is trusted this long before its slow hash is checked again.
+CREDENTIAL_CACHE_SECONDS = 60.0
+_CACHE_LIMIT = 10000
+
+
+class CredentialError(Exception):
+    """A refused token or scope-map operation, in one line a person can act on."""
+
+
+class NotFound(CredentialError):
+    pass
+
+
+@dataclass(frozen=True)
+class ScopeMap:
+    name: str
+    description: str
+    permissions: tuple[Permission, ...]
+    origin: str
+    created_at: str
+    updated_at: str
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "actions": [
+                f"repositories/{p.repository}/{action}"
+                for p in self.permissions
+                for action in sorted(p.actions)
+            ],
+            "repositories": [p.to_json() for p in self.permissions],
+            "origin": self.origin,
+            "creationDate": self.created_at,
+            "updatedDate": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class PasswordSlot:
+    name: str
+    hash: str
+    expiry: str | None
+    created_at: str
+
+    def expired(self, now: datetime) -> bool:
+        return self.expiry is not None and datetime.fromisoformat(self.expiry) <= now
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    scope_map: str
+    status: str
+    origin: str
+    created_at: str
+    updated_at: str
+    passwords: tuple[PasswordSlot, ...]
+
+    @property
+    def enabled(self) -> bool:
+        return self.status == "enabled"
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "scopeMap": self.scope_map,
+            "status": self.status,
+            "origin": self.origin,
+            "creationDate": self.created_at,
+            "updatedDate": self.updated_at,
+            "credentials": {
+                "passwords": [
+                    {"name": p.name, "creationTime": p.created_at, "expiry": p.expiry}
+                    for p in self.passwords
+                ]
+            },
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def validate_resource_name(kind: str, name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise CredentialError(
+            f"{kind} name {name!r} must be 5-50 letters, digits and '-', starting with a letter"
+        )
+    return name
+
+
+def parse_expiry(value: str | None) -> str | None:
+    """An ISO 8601 date-time (UTC if no zone), normalised; None for no expiry."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CredentialError(f"expiry {value!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def parse_permissions(pairs: list[tuple[str, list[str]]]) -> tuple[Permission, ...]:
+    """`[(repository, [action, …]), …]` → permissions, merging repeated repositories."""
+    merged: dict[str, set[str]] = {}
+    for repository, actions in pairs:
+        try:
+            validate_pattern(repository)
+            merged.setdefault(repository, set()).update(validate_actions(actions))
+        except PatternError as err:
+            raise CredentialError(str(err)) from None
+    return tuple(Permission(r, frozenset(a)) for r, a in merged.items())
+
+
+class Credentials:
+    """Tokens and scope maps of one registry, with limits from the config."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        max_tokens: int = 20000,
+        max_scope_maps: int = 20000,
+        max_permissions: int = 500,
+    ) -> None:
+        self.db = db
+        self.conn = db.conn
+        self.max_tokens = max_tokens
+        self.max_scope_maps = max_scope_maps
+        self.max_permissions = max_permissions
+        self._cache_key = secrets.token_bytes(32)
+        self._cache: dict[bytes, tuple[str | None, str, float]] = {}
+
+    # -- scope maps ----------------------------------------------------------------------------
+
+    def _check_permission_count(self, permissions: tuple[Permission, ...]) -> None:
+        if len(permissions) > self.max_permissions:
+            raise CredentialError(
+                f"a scope map holds at most {self.max_permissions} repository permissions, "
+                f"not {len(permissions)}"
+            )
+
+    def create_scope_map(
+        self,
+        name: str,
+        permissions: tuple[Permission, ...],
+        description: str = "",
+        origin: str = "local",
+    ) -> ScopeMap:
+        validate_resource_name("scope map", name)
+        if not permissions:
+            raise CredentialError("a scope map needs at least one --repository REPO ACTION…")
+        self._check_permission_count(permissions)
+        with self.db.atomic():
+            if self._exists("scope_maps", name):
+                raise CredentialError(f"scope map {name!r} already exists")
+            count = self.conn.execute("SELECT count(*) FROM scope_maps").fetchone()[0]
+            if count >= self.max_scope_maps:
+                raise CredentialError(
+                    f"this registry already has {count} scope maps, the limit "
+                    f"({self.max_scope_maps})"
+                )
+            now = _now()
+            self.conn.execute(
+                "INSERT INTO scope_maps (name, description, permissions, origin, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, description, _dump(permissions), origin, now, now),
+            )
+        return self.scope_map(name)
+
+    def update_scope_map(
+        self,
+        name: str,
+        add: tuple[Permission, ...] = (),
+        remove: tuple[Permission, ...] = (),
+        description: str | None = None,
+    ) -> ScopeMap:
+        current = self.scope_map(name)
+        merged: dict[str, set[str]] = {p.repository: set(p.actions) for p in current.permissions}
+        for p in remove:
+            if p.repository in merged:
+                merged[p.repository] -= p.actions
+        for p in add:
+            merged.setdefault(p.repository, set()).update(p.actions)
+        permissions = tuple(Permission(r, frozenset(a)) for r, a in merged.items() if a)
+        if not permissions:
+            raise CredentialError(f"scope map {name!r} would be left with no permissions")
+        self._check_permission_count(permissions)
+        self.conn.execute(
+            "UPDATE scope_maps SET permissions = ?, description = ?, updated_at = ? WHERE name = ?",
+            (
+                _dump(permissions),
+                current.description if description is None else description,
+                _now(),
+                name,
+            ),
+        )
+        return self.scope_map(name)
+
+    def scope_map(self, name: str) -> ScopeMap:
+        row = self.conn.execute(
+            "SELECT name, description, permissions, origin, created_at, updated_at "
+            "FROM scope_maps WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"scope map {name!r} not found")
+        return _scope_map(row)
+
+    def scope_maps(self) -> list[ScopeMap]:
+        return [
+            _scope_map(row)
+            for row in self.conn.execute(
+                "SELECT name, description, permissions, origin, created_at, updated_at "
+                "FROM scope_maps ORDER BY name"
+            )
+        ]
+
+    def delete_scope_map(self, name: str) -> None:
+        self.scope_map(name)
+        users = [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT name FROM tokens WHERE scope_map = ? ORDER BY name", (name,)
+            )
+        ]
+        if users:
+            raise CredentialError(
+                f"scope map {name!r} is used by token(s) {', '.join(users[:5])}; "
+                "delete or update them first"
+            )
+        self.conn.execute("DELETE FROM scope_maps WHERE name = ?", (name,))
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def create_token(
+        self,
+        name: str,
+        scope_map: str,
+        status: str = "enabled",
+        expiry: str | None = None,
+        with_passwords: bool = True,
+        origin: str = "local",
+    ) -> tuple[Token, dict[str, str]]:
+        """Create a token; returns it and its new passwords (shown once, stored hashed)."""
+        validate_resource_name("token", name)
+        _check_status(status)
+        self.scope_map(scope_map)
+        passwords = {n: generate_password() for n in PASSWORD_NAMES} if with_passwords else {}
+        hashes = {n: hash_password(pw) for n, pw in passwords.items()}
+        with self.db.atomic():
+            if self._exists("tokens", name):
+                raise CredentialError(f"token {name!r} already exists")
+            count = self.conn.execute("SELECT count(*) FROM tokens").fetchone()[0]
+            if count >= self.max_tokens:
+                raise CredentialError(
+                    f"this registry already has {count} tokens, the limit ({self.max_tokens})"
+                )
+            now = _now()
+            self.conn.execute(
+                "INSERT INTO tokens (name, scope_map, status, origin, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, scope_map, status, origin, now, now),
+            )
+            for slot, hashed in hashes.items():
+                self._store_password(name, slot, hashed, expiry, now)
+        return self.token(name), passwords
+
+    def update_token(
+        self, name: str, scope_map: str | None = None, status: str | None = None
+    ) -> Token:
+        token = self.token(name)
+        if scope_map is not None:
+            self.scope_map(scope_map)
+        if status is not None:
+            _check_status(status)
+        self.conn.execute(
+            "UPDATE tokens SET scope_map = ?, status = ?, updated_at = ? WHERE name = ?",
+            (scope_map or token.scope_map, status or token.status, _now(), name),
+        )
+        return self.token(name)
+
+    def generate_password(self, name: str, slot: str, expiry: str | None = None) -> str:
+        """Replace one of the token's two passwords; the other keeps working."""
+        if slot not in PASSWORD_NAMES:
+            raise CredentialError(f"password must be one of {', '.join(PASSWORD_NAMES)}")
+        self.token(name)
+        password = generate_password()
+        with self.db.atomic():
+            self.conn.execute(
+                "DELETE FROM token_passwords WHERE token = ? AND name = ?", (name, slot)
+            )
+            self._store_password(name, slot, hash_password(password), expiry, _now())
+        return password
+
+    def delete_password(self, name: str, slot: str) -> None:
+        self.token(name)
+        self.conn.execute("DELETE FROM token_passwords WHERE token = ? AND name = ?", (name, slot))
+
+    def _store_password(
+        self, token: str, slot: str, hashed: str, expiry: str | None, now: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO token_passwords (token, name, hash, expiry, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (token, slot, hashed, parse_expiry(expiry), now),
+        )
+
+    def token(self, name: str) -> Token:
+        row = self.conn.execute(
+            "SELECT name, scope_map, status, origin, created_at, updated_at FROM tokens "
+            "WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"token {name!r} not found")
+        slots = tuple(
+            PasswordSlot(*r)
+            for r in self.conn.execute(
+                "SELECT name, hash, expiry, created_at FROM token_passwords WHERE token = ? "
+                "ORDER BY name",
+                (name,),
+            )
+        )
+        return Token(*row, passwords=slots)
+
+    def tokens(self) -> list[Token]:
+        names = [row[0] for row in self.conn.execute("SELECT name FROM tokens ORDER BY name")]
+        return [self.token(n) for n in names]
+
+    def delete_token(self, name: str) -> None:
+        self.token(name)
+        with self.db.atomic():
+            self.conn.execute("DELETE FROM token_passwords WHERE token = ?", (name,))
+            self.conn.execute("DELETE FROM tokens WHERE name = ?", (name,))
+
+    def _exists(self, table: str, name: str) -> bool:
+        return (
+            self.conn.execute(
+                f"SELECT 1 FROM {table} WHERE name = ?",
+                (name,),
+            ).fetchone()
+            is not None
+        )
+
+    # -- authentication ------------------------------------------------------------------------
+
+    def permissions_of(self, token_name: str) -> tuple[Permission, ...]:
+        row = self.conn.execute(
+            "SELECT s.permissions FROM tokens t JOIN scope_maps s ON s.name = t.scope_map "
+            "WHERE t.name = ?",
+            (token_name,),
+        ).fetchone()
+        return _load(row[0]) if row else ()
+
+    async def authenticate(self, name: str, password: str) -> Token | None:
+        """The enabled token whose unexpired password this is, else None.
+
+        A result is cached for a minute under an HMAC of the credentials, so Basic auth on
+        every request costs one scrypt a minute. The cache holds which password slot matched and
+        its hash: rotating or deleting that password, disabling the token or letting the
+        password expire takes effect at once, cache or not.
+        """
+        try:
+            token = self.token(name)
+        except NotFound:
+            return None
+        now = datetime.now(UTC)
+        if not token.enabled:
+            return None
+        key = hmac.new(self._cache_key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+        cached = self._cache.get(key)
+        if cached is not None and time.monotonic() - cached[2] < CREDENTIAL_CACHE_SECONDS:
+            slot_name, fingerprint, _ = cached
+            if slot_name is None:
+                # A recent failure with these exact credentials stays a failure while the
+                # token's passwords are the ones it was checked against.
+                if fingerprint == _fingerprint(token):
+                    return None
+            else:
+                for slot in token.passwords:
+                    if slot.name == slot_name and slot.hash == fingerprint:
+                        return None if slot.expired(now) else token
+        loop = asyncio.get_running_loop()
+        for slot in token.passwords:
+            if slot.expired(now):
+                continue
+            if await loop.run_in_executor(None, verify_password, password, slot.hash):
+                self._remember(key, slot.name, slot.hash)
+                return token
+        self._remember(key, None, _fingerprint(token))
+        return None
+
+    def _remember(self, key: bytes, slot: str | None, fingerprint: str) -> None:
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = (slot, fingerprint, time.monotonic())
+
+
+def _fingerprint(token: Token) -> str:
+    return "|".join(p.hash for p in token.passwords)
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise CredentialError(f"status must be one of {', '.join(STATUSES)}")
+
+
+def _dump(permissions: tuple[Permission, ...]) -> str:
+    return json.dumps([p.to_json() for p in permissions])
+
+
+def _load(text: str) -> tuple[Permission, ...]:
+    return tuple(Permission(p["repository"], frozenset(p["actions"])) for p in json.loads(text))
+
+
+def _scope_map(row: tuple) -> ScopeMap:
+    name, description, permissions, origin, created, updated = row
+    return ScopeMap(name, description or "", _load(permissions), origin, created, updated)
