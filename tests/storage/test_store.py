@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 from oci import make_image
 
 from appliance.oci.digests import Digest
@@ -100,3 +101,26 @@ async def test_moving_a_tag_to_the_same_digest_records_no_change(tmp_path: Path)
     store.put_manifest("app", image.manifest, image.media_type, ["v1"])
     store.put_manifest("app", image.manifest, image.media_type, ["v1"])
     assert len(_rows(store, "changes")) == 2
+
+
+async def test_a_database_of_an_older_release_migrates_forward_keeping_its_content(
+    tmp_path: Path,
+) -> None:
+    # A data directory as the first release left it: schema version 1 with content in it.
+    store = Store(tmp_path)
+    image = make_image("old")
+    await _put_blobs(store, "app", image.blobs)
+    digest, _ = store.put_manifest("app", image.manifest, image.media_type, ["v1"])
+    store.close()
+    conn = sqlite3.connect(tmp_path / "registry.db")
+    for table in ("token_passwords", "tokens", "scope_maps"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+    upgraded = Store(tmp_path)
+    assert upgraded.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert sqlite_utils.Database(upgraded.conn)["tokens"].exists()
+    stored = upgraded.manifest("app", "v1")
+    assert stored is not None and stored.digest == str(digest)
