@@ -233,9 +233,20 @@ def load_config(path: Path | None) -> Config:
         config = parse_config(text, path)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-    if path == SYSTEM_CONFIG and "data_dir" not in tomllib.loads(text):
+    if "data_dir" in tomllib.loads(text):
+        config = replace(config, data_dir=_anchor(config.data_dir, path.parent))
+    elif path == SYSTEM_CONFIG:
         config = replace(config, data_dir=SYSTEM_DATA_DIR)
-    return config
+    # Relative paths in a config file mean relative to the file, not to where a command runs.
+    return replace(
+        config,
+        tls_cert=_anchor(config.tls_cert, path.parent),
+        tls_key=_anchor(config.tls_key, path.parent),
+    )
+
+
+def _anchor(value: Path | None, folder: Path) -> Path | None:
+    return folder / value if value is not None and not value.is_absolute() else value
 
 
 def resolve(

@@ -21,6 +21,7 @@ import sqlite_utils
 
 from appliance.auth.passwords import generate_password, hash_password, verify_password
 from appliance.auth.scopes import PatternError, Permission, validate_actions, validate_pattern
+from appliance.storage.schema import write_transaction
 
 PASSWORD_NAMES = ("password1", "password2")
 STATUSES = ("enabled", "disabled")
@@ -180,7 +181,7 @@ class Credentials:
         if not permissions:
             raise CredentialError("a scope map needs at least one --repository REPO ACTION…")
         self._check_permission_count(permissions)
-        with self.db.atomic():
+        with write_transaction(self.db):
             if self._exists("scope_maps", name):
                 raise CredentialError(f"scope map {name!r} already exists")
             count = self.conn.execute("SELECT count(*) FROM scope_maps").fetchone()[0]
@@ -203,27 +204,31 @@ class Credentials:
         add: tuple[Permission, ...] = (),
         remove: tuple[Permission, ...] = (),
         description: str | None = None,
+        by_parent: bool = False,
     ) -> ScopeMap:
-        current = self.scope_map(name)
-        merged: dict[str, set[str]] = {p.repository: set(p.actions) for p in current.permissions}
-        for p in remove:
-            if p.repository in merged:
-                merged[p.repository] -= p.actions
-        for p in add:
-            merged.setdefault(p.repository, set()).update(p.actions)
-        permissions = tuple(Permission(r, frozenset(a)) for r, a in merged.items() if a)
-        if not permissions:
-            raise CredentialError(f"scope map {name!r} would be left with no permissions")
-        self._check_permission_count(permissions)
-        self.conn.execute(
-            "UPDATE scope_maps SET permissions = ?, description = ?, updated_at = ? WHERE name = ?",
-            (
-                _dump(permissions),
-                current.description if description is None else description,
-                _now(),
-                name,
-            ),
-        )
+        with write_transaction(self.db):
+            current = self.scope_map(name)
+            _check_editable("scope map", current.name, current.origin, by_parent)
+            merged = {p.repository: set(p.actions) for p in current.permissions}
+            for p in remove:
+                if p.repository in merged:
+                    merged[p.repository] -= p.actions
+            for p in add:
+                merged.setdefault(p.repository, set()).update(p.actions)
+            permissions = tuple(Permission(r, frozenset(a)) for r, a in merged.items() if a)
+            if not permissions:
+                raise CredentialError(f"scope map {name!r} would be left with no permissions")
+            self._check_permission_count(permissions)
+            self.conn.execute(
+                "UPDATE scope_maps SET permissions = ?, description = ?, updated_at = ? "
+                "WHERE name = ?",
+                (
+                    _dump(permissions),
+                    current.description if description is None else description,
+                    _now(),
+                    name,
+                ),
+            )
         return self.scope_map(name)
 
     def scope_map(self, name: str) -> ScopeMap:
@@ -245,20 +250,22 @@ class Credentials:
             )
         ]
 
-    def delete_scope_map(self, name: str) -> None:
-        self.scope_map(name)
-        users = [
-            row[0]
-            for row in self.conn.execute(
-                "SELECT name FROM tokens WHERE scope_map = ? ORDER BY name", (name,)
-            )
-        ]
-        if users:
-            raise CredentialError(
-                f"scope map {name!r} is used by token(s) {', '.join(users[:5])}; "
-                "delete or update them first"
-            )
-        self.conn.execute("DELETE FROM scope_maps WHERE name = ?", (name,))
+    def delete_scope_map(self, name: str, by_parent: bool = False) -> None:
+        with write_transaction(self.db):
+            current = self.scope_map(name)
+            _check_editable("scope map", name, current.origin, by_parent)
+            users = [
+                row[0]
+                for row in self.conn.execute(
+                    "SELECT name FROM tokens WHERE scope_map = ? ORDER BY name", (name,)
+                )
+            ]
+            if users:
+                raise CredentialError(
+                    f"scope map {name!r} is used by token(s) {', '.join(users[:5])}; "
+                    "delete or update them first"
+                )
+            self.conn.execute("DELETE FROM scope_maps WHERE name = ?", (name,))
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -274,12 +281,12 @@ class Credentials:
         """Create a token; returns it and its new passwords (shown once, stored hashed)."""
         validate_resource_name("token", name)
         _check_status(status)
-        self.scope_map(scope_map)
         passwords = {n: generate_password() for n in PASSWORD_NAMES} if with_passwords else {}
         hashes = {n: hash_password(pw) for n, pw in passwords.items()}
-        with self.db.atomic():
+        with write_transaction(self.db):
             if self._exists("tokens", name):
                 raise CredentialError(f"token {name!r} already exists")
+            self.scope_map(scope_map)
             count = self.conn.execute("SELECT count(*) FROM tokens").fetchone()[0]
             if count >= self.max_tokens:
                 raise CredentialError(
@@ -296,35 +303,51 @@ class Credentials:
         return self.token(name), passwords
 
     def update_token(
-        self, name: str, scope_map: str | None = None, status: str | None = None
+        self,
+        name: str,
+        scope_map: str | None = None,
+        status: str | None = None,
+        by_parent: bool = False,
     ) -> Token:
-        token = self.token(name)
-        if scope_map is not None:
-            self.scope_map(scope_map)
         if status is not None:
             _check_status(status)
-        self.conn.execute(
-            "UPDATE tokens SET scope_map = ?, status = ?, updated_at = ? WHERE name = ?",
-            (scope_map or token.scope_map, status or token.status, _now(), name),
-        )
+        with write_transaction(self.db):
+            token = self.token(name)
+            _check_editable("token", name, token.origin, by_parent)
+            if scope_map is not None:
+                self.scope_map(scope_map)
+            self.conn.execute(
+                "UPDATE tokens SET scope_map = ?, status = ?, updated_at = ? WHERE name = ?",
+                (scope_map or token.scope_map, status or token.status, _now(), name),
+            )
         return self.token(name)
 
-    def generate_password(self, name: str, slot: str, expiry: str | None = None) -> str:
+    def generate_password(
+        self, name: str, slot: str, expiry: str | None = None, by_parent: bool = False
+    ) -> str:
         """Replace one of the token's two passwords; the other keeps working."""
-        if slot not in PASSWORD_NAMES:
-            raise CredentialError(f"password must be one of {', '.join(PASSWORD_NAMES)}")
-        self.token(name)
+        _check_slot(slot)
         password = generate_password()
-        with self.db.atomic():
+        hashed = hash_password(password)
+        with write_transaction(self.db):
+            token = self.token(name)
+            _check_editable("token", name, token.origin, by_parent)
             self.conn.execute(
                 "DELETE FROM token_passwords WHERE token = ? AND name = ?", (name, slot)
             )
-            self._store_password(name, slot, hash_password(password), expiry, _now())
+            self._store_password(name, slot, hashed, expiry, _now())
         return password
 
-    def delete_password(self, name: str, slot: str) -> None:
-        self.token(name)
-        self.conn.execute("DELETE FROM token_passwords WHERE token = ? AND name = ?", (name, slot))
+    def delete_password(self, name: str, slot: str, by_parent: bool = False) -> None:
+        _check_slot(slot)
+        with write_transaction(self.db):
+            token = self.token(name)
+            _check_editable("token", name, token.origin, by_parent)
+            deleted = self.conn.execute(
+                "DELETE FROM token_passwords WHERE token = ? AND name = ?", (name, slot)
+            ).rowcount
+            if not deleted:
+                raise NotFound(f"token {name!r} has no {slot}")
 
     def _store_password(
         self, token: str, slot: str, hashed: str, expiry: str | None, now: str
@@ -357,9 +380,10 @@ class Credentials:
         names = [row[0] for row in self.conn.execute("SELECT name FROM tokens ORDER BY name")]
         return [self.token(n) for n in names]
 
-    def delete_token(self, name: str) -> None:
-        self.token(name)
-        with self.db.atomic():
+    def delete_token(self, name: str, by_parent: bool = False) -> None:
+        with write_transaction(self.db):
+            token = self.token(name)
+            _check_editable("token", name, token.origin, by_parent)
             self.conn.execute("DELETE FROM token_passwords WHERE token = ?", (name,))
             self.conn.execute("DELETE FROM tokens WHERE name = ?", (name,))
 
@@ -381,6 +405,17 @@ class Credentials:
             (token_name,),
         ).fetchone()
         return _load(row[0]) if row else ()
+
+    def standing_permissions(self, token_name: str) -> tuple[Permission, ...] | None:
+        """The permissions of an enabled token; None when it is disabled or gone."""
+        row = self.conn.execute(
+            "SELECT t.status, s.permissions FROM tokens t JOIN scope_maps s "
+            "ON s.name = t.scope_map WHERE t.name = ?",
+            (token_name,),
+        ).fetchone()
+        if row is None or row[0] != "enabled":
+            return None
+        return _load(row[1])
 
     async def authenticate(self, name: str, password: str) -> Token | None:
         """The enabled token whose unexpired password this is, else None.
@@ -428,6 +463,17 @@ class Credentials:
 
 def _fingerprint(token: Token) -> str:
     return "|".join(p.hash for p in token.passwords)
+
+
+def _check_editable(kind: str, name: str, origin: str, by_parent: bool) -> None:
+    """What the parent sent is the parent's to change: sync would overwrite a local edit."""
+    if origin != "local" and not by_parent:
+        raise CredentialError(f"{kind} {name!r} came from the parent registry; change it there")
+
+
+def _check_slot(slot: str) -> None:
+    if slot not in PASSWORD_NAMES:
+        raise CredentialError(f"password must be one of {', '.join(PASSWORD_NAMES)}")
 
 
 def _check_status(status: str) -> None:

@@ -11,7 +11,10 @@ import sys
 import click
 
 from appliance import __version__
+from appliance.cli.scope_maps import scope_map
 from appliance.cli.serve import serve
+from appliance.cli.tls import tls
+from appliance.cli.tokens import token
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,6 +24,9 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(tls)
+cli.add_command(scope_map)
+cli.add_command(token)
 
 
 def main() -> None:

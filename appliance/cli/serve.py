@@ -7,7 +7,6 @@ import logging
 import signal
 import sqlite3
 import ssl
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,17 +86,7 @@ def serve(
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(config))
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    # uvloop roughly doubles aiohttp's request rate; the stock loop still works without it.
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+    asyncio.run(_serve(config))
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:

@@ -5,8 +5,13 @@
                                    outbox, change feed, node state
       blobs/sha256/<ab>/<abcd…>    content-addressed blob files, named by their full hex digest
       uploads/<session id>         the bytes received so far for one upload session
+      tls/                         public half of `tls generate`, 0644 each
+        ca.crt                     the CA clients trust (its fingerprint goes in connection strings)
+        server.crt                 the serving certificate, signed by that CA
       secrets/                     0700
         token-signing-key.pem      0600: signs the bearer tokens of /oauth2/token
+        tls-ca.key                 0600: signs server.crt (kept so a re-issue keeps the same CA)
+        tls-server.key             0600: server.crt's private key
 
 Paths are built only from a validated `Digest` or from a session id this process generated, so
 nothing a client sends can name a file outside the data directory.
@@ -30,6 +35,11 @@ class Layout:
         self.uploads = root / "uploads"
         self.secrets = root / "secrets"
         self.token_signing_key = self.secrets / "token-signing-key.pem"
+        self.tls = root / "tls"
+        self.tls_ca_cert = self.tls / "ca.crt"
+        self.tls_server_cert = self.tls / "server.crt"
+        self.tls_ca_key = self.secrets / "tls-ca.key"
+        self.tls_server_key = self.secrets / "tls-server.key"
 
     def create(self) -> None:
         for folder in (self.root, self.blobs, self.uploads):

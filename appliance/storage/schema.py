@@ -6,8 +6,9 @@ whose version is newer than this code knows is refused rather than misread.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import sqlite_utils
@@ -163,7 +164,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def connect(path: Path) -> sqlite_utils.Database:
     """Open (creating or migrating) the registry database.
 
-    The connection is in autocommit mode; writers group statements with `db.atomic()`.
+    The connection is in autocommit mode; writers group statements with
+    `write_transaction(db)`.
     """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -177,13 +179,34 @@ def connect(path: Path) -> sqlite_utils.Database:
 
 
 def migrate(db: sqlite_utils.Database) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise SchemaTooNew(
-            f"the database has schema version {version}, newer than this release knows "
-            f"({SCHEMA_VERSION}); install a newer connected-registry"
-        )
-    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-        with db.atomic():
+    with write_transaction(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database has schema version {version}, newer than this release knows "
+                f"({SCHEMA_VERSION}); install a newer connected-registry"
+            )
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
             migration(db)
             db.execute(f"PRAGMA user_version={number}")
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """One transaction that takes the write lock up front (BEGIN IMMEDIATE).
+
+    The service and CLI commands write the same database; a transaction that reads and then
+    writes would otherwise fail at once with "database is locked" when another process wrote in
+    between, instead of waiting its turn (busy_timeout). Nested use joins the outer transaction.
+    """
+    conn = db.conn
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

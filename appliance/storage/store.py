@@ -26,7 +26,7 @@ from appliance.oci.manifests import (
 )
 from appliance.storage.blobs import place_blob_file
 from appliance.storage.layout import Layout
-from appliance.storage.schema import connect
+from appliance.storage.schema import connect, write_transaction
 from appliance.storage.uploads import Uploads, UploadStatus
 
 
@@ -207,7 +207,7 @@ class Store:
         await asyncio.get_running_loop().run_in_executor(
             None, place_blob_file, self.layout, source, expected
         )
-        with self.db.atomic():
+        with write_transaction(self.db):
             self._link_blob(session.repository, expected, size)
             self.uploads.forget(session.session_id)
         return size
@@ -218,7 +218,7 @@ class Store:
         size = self.blob_size(source, digest)
         if size is None or not self.layout.blob(digest).exists():
             return False
-        with self.db.atomic():
+        with write_transaction(self.db):
             self._link_blob(repository, digest, size)
         return True
 
@@ -294,7 +294,7 @@ class Store:
         self._check_references(repository_id, parsed)
         now = _now()
         annotations = json.dumps(parsed.annotations) if parsed.annotations else None
-        with self.db.atomic():
+        with write_transaction(self.db):
             repository_id = self._ensure_repository(repository, now)
             self.conn.execute(
                 "INSERT INTO manifests (digest, media_type, size, content, subject, "
@@ -379,7 +379,7 @@ class Store:
     def delete_tag(self, repository: str, tag: str, origin: Origin = Origin.LOCAL) -> None:
         repository_id = self.repository_id(repository)
         now = _now()
-        with self.db.atomic():
+        with write_transaction(self.db):
             row = self.conn.execute(
                 "DELETE FROM tags WHERE repository_id = ? AND name = ? RETURNING digest",
                 (repository_id, tag),
@@ -394,7 +394,7 @@ class Store:
         """Remove a manifest from a repository, with every tag that points at it."""
         repository_id = self.repository_id(repository)
         now = _now()
-        with self.db.atomic():
+        with write_transaction(self.db):
             removed = self.conn.execute(
                 "DELETE FROM repository_manifests WHERE repository_id = ? AND digest = ?",
                 (repository_id, str(digest)),
