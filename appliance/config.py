@@ -13,8 +13,11 @@ import ipaddress
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import isodate
 
 SYSTEM_CONFIG = Path("/etc/connected-registry/config.toml")
 SYSTEM_DATA_DIR = Path("/var/lib/connected-registry")
@@ -124,6 +127,16 @@ def _strings(value: Any) -> list[str]:
     return value
 
 
+def _duration(value: Any) -> str:
+    try:
+        parsed = isodate.parse_duration(_string(value))
+    except (isodate.ISO8601Error, ValueError):
+        raise ValueError("must be an ISO 8601 duration such as PT10M") from None
+    if not isinstance(parsed, timedelta) or parsed.total_seconds() <= 0:
+        raise ValueError("must be a positive duration in days, hours, minutes or seconds")
+    return value
+
+
 def _listen(value: Any) -> Listen:
     return parse_listen(_string(value))
 
@@ -145,7 +158,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "repository_permissions": _positive_int,
         "client_tokens": _positive_int,
     },
-    "hierarchy": {"offline_after": _string},
+    "hierarchy": {"offline_after": _duration},
 }
 UPSTREAM: dict[str, Check] = {
     "url": _string,

@@ -85,6 +85,22 @@ class Permission:
         return {"repository": self.repository, "actions": sorted(self.actions)}
 
 
+# What a sync token may do on the gateway API for one connected registry (ACR's names).
+GATEWAY_ACTIONS = ("config/read", "config/write", "message/read", "message/write")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayPermission:
+    """Gateway actions on one connected registry: a parent grants its children's sync tokens
+    these for themselves, and every ancestor's sync token for all its descendants."""
+
+    registry: str
+    actions: frozenset[str]
+
+    def to_json(self) -> dict:
+        return {"gateway": self.registry, "actions": sorted(self.actions)}
+
+
 def allowed_actions(permissions: tuple[Permission, ...], repository: str) -> frozenset[str]:
     """Everything any permission grants on `repository`."""
     granted: set[str] = set()

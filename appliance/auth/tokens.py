@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 import sqlite_utils
 
 from appliance.auth.passwords import generate_password, hash_password, verify_password
-from appliance.auth.scopes import PatternError, Permission, validate_actions, validate_pattern
+from appliance.auth.scopes import (
+    GatewayPermission,
+    PatternError,
+    Permission,
+    validate_actions,
+    validate_pattern,
+)
 from appliance.storage.schema import write_transaction
 
 PASSWORD_NAMES = ("password1", "password2")
@@ -47,6 +53,7 @@ class ScopeMap:
     origin: str
     created_at: str
     updated_at: str
+    gateways: tuple[GatewayPermission, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -56,8 +63,14 @@ class ScopeMap:
                 f"repositories/{p.repository}/{action}"
                 for p in self.permissions
                 for action in sorted(p.actions)
+            ]
+            + [
+                f"gateway/{g.registry}/{action}"
+                for g in self.gateways
+                for action in sorted(g.actions)
             ],
             "repositories": [p.to_json() for p in self.permissions],
+            "gateways": [g.to_json() for g in self.gateways],
             "origin": self.origin,
             "creationDate": self.created_at,
             "updatedDate": self.updated_at,
@@ -176,9 +189,10 @@ class Credentials:
         permissions: tuple[Permission, ...],
         description: str = "",
         origin: str = "local",
+        gateways: tuple[GatewayPermission, ...] = (),
     ) -> ScopeMap:
         validate_resource_name("scope map", name)
-        if not permissions:
+        if not permissions and not gateways:
             raise CredentialError("a scope map needs at least one --repository REPO ACTION…")
         self._check_permission_count(permissions)
         with write_transaction(self.db):
@@ -194,7 +208,7 @@ class Credentials:
             self.conn.execute(
                 "INSERT INTO scope_maps (name, description, permissions, origin, created_at, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, description, _dump(permissions), origin, now, now),
+                (name, description, _dump(permissions, gateways), origin, now, now),
             )
         return self.scope_map(name)
 
@@ -205,25 +219,27 @@ class Credentials:
         remove: tuple[Permission, ...] = (),
         description: str | None = None,
         by_parent: bool = False,
+        add_gateways: tuple[GatewayPermission, ...] = (),
+        remove_gateways: tuple[GatewayPermission, ...] = (),
     ) -> ScopeMap:
         with write_transaction(self.db):
             current = self.scope_map(name)
             _check_editable("scope map", current.name, current.origin, by_parent)
-            merged = {p.repository: set(p.actions) for p in current.permissions}
-            for p in remove:
-                if p.repository in merged:
-                    merged[p.repository] -= p.actions
-            for p in add:
-                merged.setdefault(p.repository, set()).update(p.actions)
-            permissions = tuple(Permission(r, frozenset(a)) for r, a in merged.items() if a)
-            if not permissions:
+            permissions = tuple(
+                Permission(r, a) for r, a in _merge(current.permissions, add, remove)
+            )
+            gateways = tuple(
+                GatewayPermission(r, a)
+                for r, a in _merge(current.gateways, add_gateways, remove_gateways)
+            )
+            if not permissions and not gateways:
                 raise CredentialError(f"scope map {name!r} would be left with no permissions")
             self._check_permission_count(permissions)
             self.conn.execute(
                 "UPDATE scope_maps SET permissions = ?, description = ?, updated_at = ? "
                 "WHERE name = ?",
                 (
-                    _dump(permissions),
+                    _dump(permissions, gateways),
                     current.description if description is None else description,
                     _now(),
                     name,
@@ -406,6 +422,21 @@ class Credentials:
         ).fetchone()
         return _load(row[0]) if row else ()
 
+    def gateway_actions(self, token_name: str, registry: str) -> frozenset[str]:
+        """What an enabled token may do on the gateway API for `registry`."""
+        row = self.conn.execute(
+            "SELECT t.status, s.permissions FROM tokens t JOIN scope_maps s "
+            "ON s.name = t.scope_map WHERE t.name = ?",
+            (token_name,),
+        ).fetchone()
+        if row is None or row[0] != "enabled":
+            return frozenset()
+        granted: set[str] = set()
+        for gateway in _load_all(row[1])[1]:
+            if gateway.registry == registry:
+                granted |= gateway.actions
+        return frozenset(granted)
+
     def standing_permissions(self, token_name: str) -> tuple[Permission, ...] | None:
         """The permissions of an enabled token; None when it is disabled or gone."""
         row = self.conn.execute(
@@ -481,14 +512,51 @@ def _check_status(status: str) -> None:
         raise CredentialError(f"status must be one of {', '.join(STATUSES)}")
 
 
-def _dump(permissions: tuple[Permission, ...]) -> str:
-    return json.dumps([p.to_json() for p in permissions])
+def _merge(
+    current: tuple[Permission | GatewayPermission, ...],
+    add: tuple[Permission | GatewayPermission, ...],
+    remove: tuple[Permission | GatewayPermission, ...],
+) -> list[tuple[str, frozenset[str]]]:
+    merged: dict[str, set[str]] = {}
+    for p in current:
+        merged.setdefault(_target(p), set()).update(p.actions)
+    for p in remove:
+        if _target(p) in merged:
+            merged[_target(p)] -= p.actions
+    for p in add:
+        merged.setdefault(_target(p), set()).update(p.actions)
+    return [(t, frozenset(a)) for t, a in merged.items() if a]
+
+
+def _target(p: Permission | GatewayPermission) -> str:
+    return p.repository if isinstance(p, Permission) else p.registry
+
+
+def _dump(permissions: tuple[Permission, ...], gateways: tuple[GatewayPermission, ...] = ()) -> str:
+    return json.dumps([p.to_json() for p in permissions] + [g.to_json() for g in gateways])
+
+
+def _load_all(text: str) -> tuple[tuple[Permission, ...], tuple[GatewayPermission, ...]]:
+    entries = json.loads(text)
+    return (
+        tuple(
+            Permission(e["repository"], frozenset(e["actions"]))
+            for e in entries
+            if "repository" in e
+        ),
+        tuple(
+            GatewayPermission(e["gateway"], frozenset(e["actions"]))
+            for e in entries
+            if "gateway" in e
+        ),
+    )
 
 
 def _load(text: str) -> tuple[Permission, ...]:
-    return tuple(Permission(p["repository"], frozenset(p["actions"])) for p in json.loads(text))
+    return _load_all(text)[0]
 
 
 def _scope_map(row: tuple) -> ScopeMap:
     name, description, permissions, origin, created, updated = row
-    return ScopeMap(name, description or "", _load(permissions), origin, created, updated)
+    repositories, gateways = _load_all(permissions)
+    return ScopeMap(name, description or "", repositories, origin, created, updated, gateways)

@@ -13,6 +13,9 @@ from appliance.auth.access import AnonymousPull
 from appliance.auth.bearer import TokenAuthority, load_or_create_key
 from appliance.auth.tokens import Credentials
 from appliance.config import Config
+from appliance.control import gateway
+from appliance.control.gateway import HIERARCHY
+from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.registry import blobs, listing, manifests, token, uploads
 from appliance.registry.access import AUTH, AUTHORITY, CREDENTIALS, AuthSettings, access_control
 from appliance.registry.context import LOGIN, STORE, requires
@@ -82,6 +85,12 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
             max_permissions=config.limits.repository_permissions,
         )
         app[AUTHORITY] = TokenAuthority(load_or_create_key(store.layout.token_signing_key))
+        app[HIERARCHY] = Hierarchy(
+            store,
+            app[CREDENTIALS],
+            max_client_tokens=config.limits.client_tokens,
+            offline_after=offline_after_from(config.offline_after),
+        )
         purge = asyncio.create_task(_purge_abandoned_uploads(store, upload_max_age))
         yield
         purge.cancel()
@@ -91,4 +100,5 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
 
     app.cleanup_ctx.append(store_context)
     add_routes(app)
+    gateway.add_routes(app)
     return app

@@ -157,7 +157,56 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """The hierarchy, on a root: connected-registry resources, their settings and what their
+    instances last reported. JSON columns hold lists (repositories, client tokens, details)."""
+    db.create_table(
+        "connected_registries",
+        {
+            "name": str,
+            "mode": str,
+            "parent": str,
+            "repositories": str,
+            "tag_include": str,
+            "tag_exclude": str,
+            "client_tokens": str,
+            "sync_schedule": str,
+            "sync_window": str,
+            "message_ttl": str,
+            "log_level": str,
+            "sync_token": str,
+            "activation_status": str,
+            "instance_id": str,
+            "last_activity_time": str,
+            "last_sync_time": str,
+            "reported_state": str,
+            "version": str,
+            "login_server": str,
+            "tls": str,
+            "status_details": str,
+            "resync_requested": int,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="name",
+        not_null=[
+            "mode",
+            "repositories",
+            "client_tokens",
+            "sync_schedule",
+            "message_ttl",
+            "log_level",
+            "sync_token",
+            "activation_status",
+            "status_details",
+            "created_at",
+            "updated_at",
+        ],
+    )
+    db["connected_registries"].create_index(["parent"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,653 @@
+"""Connected-registry resources on a root, and the rules of the hierarchy.
+
+A resource is what `az acr connected-registry` manages: a name unique in the hierarchy, a mode,
+a parent (none: the root itself), the repositories it replicates, its schedule, window, message
+TTL, log level and client tokens, plus what its instance last reported. Creating one creates
+its sync token and scope map (named like the resource, as ACR does): repository actions for its
+mode and gateway actions for itself; every ancestor's sync token gains the same, so a parent can
+relay for its descendants.
+
+Rules, each refused with a one-line `HierarchyError`: names of 5-50 letters and digits starting
+with a letter; a ReadOnly parent only has ReadOnly children (the root counts as ReadWrite); a
+child's repositories are covered by its parent's; mode and parent never change; a schedule other
+than the continuous default needs a window; limits on client tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from appliance.auth.scopes import (
+    ACTIONS,
+    CONTENT_READ,
+    GATEWAY_ACTIONS,
+    METADATA_READ,
+    GatewayPermission,
+    PatternError,
+    Permission,
+    matches,
+    validate_pattern,
+)
+from appliance.auth.tokens import CredentialError, Credentials, NotFound
+from appliance.control.schedule import (
+    CONTINUOUS,
+    DEFAULT_TTL,
+    ScheduleError,
+    interval,
+    parse_duration,
+    validate_schedule,
+    validate_ttl,
+)
+from appliance.storage.schema import write_transaction
+from appliance.storage.store import Store
+
+READ_WRITE, READ_ONLY = "ReadWrite", "ReadOnly"
+MODES = (READ_WRITE, READ_ONLY)
+LOG_LEVELS = ("Debug", "Information", "Warning", "Error", "None")
+ACTIVE, INACTIVE = "Active", "Inactive"
+ONLINE, OFFLINE, SYNCING, UNHEALTHY = "Online", "Offline", "Syncing", "Unhealthy"
+NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9]{4,49}")
+REPOSITORY_ACTIONS = {
+    READ_ONLY: frozenset({CONTENT_READ, METADATA_READ}),
+    READ_WRITE: frozenset(ACTIONS),
+}
+MIN_OFFLINE_AFTER = timedelta(minutes=10)
+ALREADY_ACTIVATED_MESSAGE = (
+    "Failed to activate the connected registry as it is already activated by another "
+    "instance. Only one instance is supported at any time."
+)
+
+
+class HierarchyError(Exception):
+    """A refused operation. `code`/`status` are what the gateway and management APIs answer."""
+
+    def __init__(self, message: str, code: str = "DENIED", status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+
+
+def not_found(name: str) -> HierarchyError:
+    return HierarchyError(f"connected registry {name!r} not found", "NAME_UNKNOWN", 404)
+
+
+@dataclass(frozen=True)
+class ConnectedRegistry:
+    name: str
+    mode: str
+    parent: str | None
+    repositories: tuple[str, ...]
+    client_tokens: tuple[str, ...]
+    sync_schedule: str
+    sync_window: str | None
+    message_ttl: str
+    log_level: str
+    sync_token: str
+    activation_status: str
+    created_at: str
+    updated_at: str
+    tag_include: str | None = None
+    tag_exclude: str | None = None
+    instance_id: str | None = None
+    last_activity_time: str | None = None
+    last_sync_time: str | None = None
+    reported_state: str | None = None
+    version: str | None = None
+    login_server: str | None = None
+    tls: str | None = None
+    status_details: tuple[dict, ...] = field(default=())
+    resync_requested: bool = False
+
+    def connection_state(self, now: datetime, offline_after: timedelta | None) -> str:
+        """Offline until an instance is active and has been heard from recently; then
+        Unhealthy if its last report carried errors, Syncing while it says it syncs, else
+        Online (PROTOCOL.md §6)."""
+        if self.activation_status != ACTIVE or self.last_activity_time is None:
+            return OFFLINE
+        limit = offline_after or max(MIN_OFFLINE_AFTER, 2 * interval(self.sync_schedule, now))
+        if now - datetime.fromisoformat(self.last_activity_time) > limit:
+            return OFFLINE
+        if self.status_details:
+            return UNHEALTHY
+        if self.reported_state == SYNCING:
+            return SYNCING
+        return ONLINE
+
+    def to_json(self, now: datetime, offline_after: timedelta | None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "parent": self.parent,
+            "repositories": list(self.repositories),
+            "tagInclude": self.tag_include,
+            "tagExclude": self.tag_exclude,
+            "clientTokens": list(self.client_tokens),
+            "syncSchedule": self.sync_schedule,
+            "syncWindow": self.sync_window,
+            "messageTtl": self.message_ttl,
+            "logLevel": self.log_level,
+            "syncToken": self.sync_token,
+            "activationStatus": self.activation_status,
+            "connectionState": self.connection_state(now, offline_after),
+            "lastActivityTime": self.last_activity_time,
+            "lastSyncTime": self.last_sync_time,
+            "version": self.version,
+            "loginServer": self.login_server,
+            "tls": self.tls,
+            "statusDetails": list(self.status_details),
+            "resyncRequested": self.resync_requested,
+            "creationDate": self.created_at,
+            "updatedDate": self.updated_at,
+        }
+
+
+_COLUMNS = (
+    "name, mode, parent, repositories, client_tokens, sync_schedule, sync_window, message_ttl, "
+    "log_level, sync_token, activation_status, created_at, updated_at, tag_include, "
+    "tag_exclude, instance_id, last_activity_time, last_sync_time, reported_state, version, "
+    "login_server, tls, status_details, resync_requested"
+)
+
+
+def _row(row: tuple) -> ConnectedRegistry:
+    values = list(row)
+    values[3] = tuple(json.loads(values[3]))
+    values[4] = tuple(json.loads(values[4]))
+    values[22] = tuple(json.loads(values[22]))
+    values[23] = bool(values[23])
+    return ConnectedRegistry(*values)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def pattern_covers(parent: str, child: str) -> bool:
+    """Is every repository `child` names also named by `parent`? (DESIGN.md §7)
+
+    A literal must be matched; a pattern must be the same pattern or narrower. Narrower is
+    checked on witnesses: the child's wildcards filled with empty, short, dotted and (for `**`)
+    multi-segment values must all match the parent's pattern.
+    """
+    if parent == child or parent == "**":
+        return True
+    if "*" not in child:
+        return matches(parent, child)
+    pieces = re.split(r"(\*\*|\*)", child)
+    fills = {"*": ("", "q", "q-q.q_q"), "**": ("", "q", "q/q", "q.q/q-q/q")}
+    choices = [fills.get(piece, (piece,)) for piece in pieces]
+    return all(matches(parent, "".join(combo)) for combo in itertools.product(*choices))
+
+
+def repositories_covered(parent: tuple[str, ...], child: tuple[str, ...]) -> str | None:
+    """The first child entry no parent entry covers, or None."""
+    for entry in child:
+        if not any(pattern_covers(p, entry) for p in parent):
+            return entry
+    return None
+
+
+class Hierarchy:
+    """The connected registries below this root, kept in its database."""
+
+    def __init__(
+        self,
+        store: Store,
+        credentials: Credentials,
+        max_client_tokens: int = 20,
+        offline_after: timedelta | None = None,
+    ) -> None:
+        self.store = store
+        self.conn = store.conn
+        self.credentials = credentials
+        self.max_client_tokens = max_client_tokens
+        self.offline_after = offline_after
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> ConnectedRegistry:
+        row = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM connected_registries WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise not_found(name)
+        return _row(row)
+
+    def all(self) -> list[ConnectedRegistry]:
+        return [
+            _row(row)
+            for row in self.conn.execute(
+                f"SELECT {_COLUMNS} FROM connected_registries ORDER BY name"
+            )
+        ]
+
+    def children(self, name: str | None) -> list[ConnectedRegistry]:
+        return [cr for cr in self.all() if cr.parent == name]
+
+    def descendants(self, name: str | None) -> list[ConnectedRegistry]:
+        found: list[ConnectedRegistry] = []
+        for child in self.children(name):
+            found.append(child)
+            found += self.descendants(child.name)
+        return found
+
+    def ancestors(self, name: str) -> list[ConnectedRegistry]:
+        """Parent first, up to (not including) the root."""
+        chain: list[ConnectedRegistry] = []
+        parent = self.get(name).parent
+        while parent is not None:
+            node = self.get(parent)
+            chain.append(node)
+            parent = node.parent
+        return chain
+
+    def list(self, parent: str | None = None, no_children: bool = False) -> list[ConnectedRegistry]:
+        """ACR's `list`: everything, or under `parent` (all descendants, or with `no_children`
+        just the immediate ones; `no_children` without a parent: the root's children)."""
+        if parent is not None:
+            self.get(parent)
+        if no_children:
+            return self.children(parent)
+        return self.descendants(parent) if parent is not None else self.all()
+
+    def to_json(self, cr: ConnectedRegistry) -> dict[str, Any]:
+        return cr.to_json(datetime.now(UTC), self.offline_after)
+
+    # -- creating and changing -----------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        repositories: list[str],
+        mode: str = READ_WRITE,
+        parent: str | None = None,
+        client_tokens: list[str] | None = None,
+        sync_schedule: str = CONTINUOUS,
+        sync_window: str | None = None,
+        message_ttl: str = DEFAULT_TTL,
+        log_level: str = "Information",
+        tag_include: str | None = None,
+        tag_exclude: str | None = None,
+    ) -> ConnectedRegistry:
+        if not NAME.fullmatch(name):
+            raise HierarchyError(
+                f"connected registry name {name!r} must be 5-50 letters and digits, starting "
+                "with a letter"
+            )
+        if mode not in MODES:
+            raise HierarchyError(f"mode must be ReadWrite or ReadOnly, not {mode!r}")
+        repos = self._repositories(repositories)
+        tokens = self._client_tokens(client_tokens or [])
+        self._settings(sync_schedule, sync_window, message_ttl, log_level)
+        self._tag_filters(tag_include, tag_exclude)
+        with write_transaction(self.store.db):
+            if self._exists(name):
+                raise HierarchyError(f"connected registry {name!r} already exists in the hierarchy")
+            if parent is not None:
+                parent_node = self.get(parent)
+                if parent_node.mode == READ_ONLY and mode != READ_ONLY:
+                    raise HierarchyError(
+                        f"can't create {name!r} with mode {mode} under {parent!r}, whose mode is "
+                        "ReadOnly: a ReadOnly parent only has ReadOnly children"
+                    )
+                uncovered = repositories_covered(parent_node.repositories, repos)
+                if uncovered is not None:
+                    raise HierarchyError(
+                        f"repository {uncovered!r} is not among the repositories of parent "
+                        f"{parent!r} ({', '.join(parent_node.repositories)})"
+                    )
+            self._create_sync_token(name, mode, repos)
+            now = _now()
+            self.conn.execute(
+                "INSERT INTO connected_registries (name, mode, parent, repositories, "
+                "client_tokens, sync_schedule, sync_window, message_ttl, log_level, sync_token, "
+                "activation_status, status_details, resync_requested, tag_include, tag_exclude, "
+                "created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?)",
+                (
+                    name,
+                    mode,
+                    parent,
+                    json.dumps(list(repos)),
+                    json.dumps(tokens),
+                    sync_schedule,
+                    None if sync_schedule == CONTINUOUS else sync_window,
+                    message_ttl,
+                    log_level,
+                    name,
+                    INACTIVE,
+                    tag_include,
+                    tag_exclude,
+                    now,
+                    now,
+                ),
+            )
+            for ancestor in self.ancestors(name):
+                self._grant(ancestor.sync_token, name, mode, repos)
+        return self.get(name)
+
+    def _exists(self, name: str) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM connected_registries WHERE lower(name) = lower(?)", (name,)
+            ).fetchone()
+            is not None
+        )
+
+    def _repositories(self, repositories: list[str]) -> tuple[str, ...]:
+        if not repositories:
+            raise HierarchyError("a connected registry needs at least one --repository")
+        try:
+            return tuple(dict.fromkeys(validate_pattern(r) for r in repositories))
+        except PatternError as err:
+            raise HierarchyError(str(err)) from None
+
+    def _client_tokens(self, names: list[str]) -> list[str]:
+        unique = list(dict.fromkeys(names))
+        if len(unique) > self.max_client_tokens:
+            raise HierarchyError(
+                f"a connected registry has at most {self.max_client_tokens} client tokens, "
+                f"not {len(unique)}"
+            )
+        for token in unique:
+            try:
+                self.credentials.token(token)
+            except NotFound:
+                raise HierarchyError(f"client token {token!r} not found") from None
+            if self._exists(token):
+                raise HierarchyError(f"{token!r} is a sync token, not a client token")
+        return unique
+
+    @staticmethod
+    def _settings(schedule: str, window: str | None, ttl: str, log_level: str) -> None:
+        try:
+            validate_schedule(schedule, window)
+            validate_ttl(ttl)
+        except ScheduleError as err:
+            raise HierarchyError(str(err)) from None
+        if log_level not in LOG_LEVELS:
+            raise HierarchyError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+
+    @staticmethod
+    def _tag_filters(include: str | None, exclude: str | None) -> None:
+        for what, pattern in (("tag include", include), ("tag exclude", exclude)):
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    message = f"{what} {pattern!r} is not a regular expression: {err}"
+                    raise HierarchyError(message) from None
+
+    def _create_sync_token(self, name: str, mode: str, repositories: tuple[str, ...]) -> None:
+        permissions = tuple(Permission(r, REPOSITORY_ACTIONS[mode]) for r in repositories)
+        gateways = (GatewayPermission(name.lower(), frozenset(GATEWAY_ACTIONS)),)
+        try:
+            self.credentials.create_scope_map(
+                name,
+                permissions,
+                f"sync scope map of connected registry {name}",
+                gateways=gateways,
+            )
+            self.credentials.create_token(name, name, with_passwords=False)
+        except CredentialError as err:
+            raise HierarchyError(f"cannot create the sync token {name!r}: {err}") from None
+
+    def _grant(self, scope_map: str, child: str, mode: str, repositories: tuple[str, ...]) -> None:
+        self.credentials.update_scope_map(
+            scope_map,
+            add=tuple(Permission(r, REPOSITORY_ACTIONS[mode]) for r in repositories),
+            add_gateways=(GatewayPermission(child.lower(), frozenset(GATEWAY_ACTIONS)),),
+        )
+
+    def update(
+        self,
+        name: str,
+        sync_schedule: str | None = None,
+        sync_window: str | None = None,
+        message_ttl: str | None = None,
+        log_level: str | None = None,
+        add_client_tokens: list[str] | None = None,
+        remove_client_tokens: list[str] | None = None,
+    ) -> ConnectedRegistry:
+        add, remove = add_client_tokens or [], remove_client_tokens or []
+        both = set(add) & set(remove)
+        if both:
+            raise HierarchyError(f"{sorted(both)[0]!r} is both added and removed")
+        with write_transaction(self.store.db):
+            cr = self.get(name)
+            schedule = sync_schedule or cr.sync_schedule
+            window = sync_window if sync_window is not None else cr.sync_window
+            if schedule == CONTINUOUS:
+                window = None
+            ttl = message_ttl or cr.message_ttl
+            level = log_level or cr.log_level
+            self._settings(schedule, window, ttl, level)
+            tokens = [t for t in cr.client_tokens if t not in remove]
+            tokens = self._client_tokens(tokens + [t for t in add if t not in tokens])
+            self.conn.execute(
+                "UPDATE connected_registries SET sync_schedule = ?, sync_window = ?, "
+                "message_ttl = ?, log_level = ?, client_tokens = ?, updated_at = ? "
+                "WHERE name = ?",
+                (schedule, window, ttl, level, json.dumps(tokens), _now(), name),
+            )
+        return self.get(name)
+
+    def update_permissions(
+        self, name: str, add: list[str] | None = None, remove: list[str] | None = None
+    ) -> ConnectedRegistry:
+        """ACR's `permissions update`: added repositories go to this registry and every
+        ancestor; removed ones leave it and every descendant."""
+        add, remove = list(add or []), list(remove or [])
+        both = set(add) & set(remove)
+        if both:
+            raise HierarchyError(f"{sorted(both)[0]!r} is both added and removed")
+        with write_transaction(self.store.db):
+            cr = self.get(name)
+            added = self._repositories(add) if add else ()
+            if cr.parent is not None and added:
+                parent = self.get(cr.parent)
+                uncovered = repositories_covered(parent.repositories, added)
+                if uncovered is not None:
+                    raise HierarchyError(
+                        f"repository {uncovered!r} is not among the repositories of parent "
+                        f"{parent.name!r}; add it there first"
+                    )
+            repositories = tuple(dict.fromkeys([*cr.repositories, *added]))
+            repositories = tuple(r for r in repositories if r not in remove)
+            if not repositories:
+                raise HierarchyError(f"{name!r} would be left with no repositories")
+            self._set_repositories(cr, repositories, added)
+            for descendant in self.descendants(name):
+                kept = tuple(r for r in descendant.repositories if r not in remove)
+                if kept != descendant.repositories and kept:
+                    self._set_repositories(descendant, kept, ())
+        return self.get(name)
+
+    def _set_repositories(
+        self, cr: ConnectedRegistry, repositories: tuple[str, ...], added: tuple[str, ...]
+    ) -> None:
+        removed = tuple(r for r in cr.repositories if r not in repositories)
+        actions = REPOSITORY_ACTIONS[cr.mode]
+        self.credentials.update_scope_map(
+            cr.sync_token,
+            add=tuple(Permission(r, actions) for r in added),
+            remove=tuple(Permission(r, frozenset(ACTIONS)) for r in removed),
+        )
+        for ancestor in self.ancestors(cr.name):
+            if added:
+                self._grant(ancestor.sync_token, cr.name, cr.mode, added)
+        self.conn.execute(
+            "UPDATE connected_registries SET repositories = ?, updated_at = ? WHERE name = ?",
+            (json.dumps(list(repositories)), _now(), cr.name),
+        )
+
+    def delete(self, name: str, cleanup: bool = False) -> list[str]:
+        """Delete the resource. With `cleanup` also its sync token and scope map and its
+        gateway actions on every ancestor; without, returns the commands that would."""
+        with write_transaction(self.store.db):
+            cr = self.get(name)
+            children = self.children(name)
+            if children:
+                raise HierarchyError(
+                    f"{name!r} has connected registries below it "
+                    f"({', '.join(c.name for c in children)}); delete them first"
+                )
+            ancestors = self.ancestors(name)
+            self.conn.execute("DELETE FROM connected_registries WHERE name = ?", (name,))
+            gateway = (GatewayPermission(name.lower(), frozenset(GATEWAY_ACTIONS)),)
+            if not cleanup:
+                return [
+                    f"connected-registry token delete {cr.sync_token} --yes",
+                    f"connected-registry scope-map delete {cr.sync_token} --yes",
+                ]
+            self.credentials.delete_token(cr.sync_token)
+            self.credentials.delete_scope_map(cr.sync_token)
+            for ancestor in ancestors:
+                self.credentials.update_scope_map(ancestor.sync_token, remove_gateways=gateway)
+        return []
+
+    def request_resync(self, name: str) -> ConnectedRegistry:
+        self.get(name)
+        self.conn.execute(
+            "UPDATE connected_registries SET resync_requested = 1, updated_at = ? WHERE name = ?",
+            (_now(), name),
+        )
+        return self.get(name)
+
+    # -- activation and what instances report ------------------------------------------------
+
+    def activate(
+        self, name: str, instance_id: str, version: str, login_server: str, hostname: str
+    ) -> ConnectedRegistry:
+        """Claim the resource for one instance; the same instance again is a no-op."""
+        with write_transaction(self.store.db):
+            cr = self.get(name)
+            if cr.activation_status == ACTIVE and cr.instance_id != instance_id:
+                raise HierarchyError(ALREADY_ACTIVATED_MESSAGE, "ALREADY_ACTIVATED", 409)
+            self.conn.execute(
+                "UPDATE connected_registries SET activation_status = ?, instance_id = ?, "
+                "version = ?, login_server = ?, last_activity_time = ?, reported_state = NULL, "
+                "status_details = '[]' WHERE name = ?",
+                (ACTIVE, instance_id, version, login_server, _now(), name),
+            )
+        return self.get(name)
+
+    def deactivate(self, name: str, instance_id: str | None = None) -> None:
+        """Release the claim. With `instance_id` (a device asking), only the active instance
+        may; without (the root's operator), always."""
+        with write_transaction(self.store.db):
+            cr = self.get(name)
+            if (
+                instance_id is not None
+                and cr.activation_status == ACTIVE
+                and (cr.instance_id != instance_id)
+            ):
+                raise HierarchyError(
+                    "only the active instance may deactivate this connected registry",
+                    "DENIED",
+                    403,
+                )
+            self.conn.execute(
+                "UPDATE connected_registries SET activation_status = ?, instance_id = NULL, "
+                "reported_state = NULL WHERE name = ?",
+                (INACTIVE, name),
+            )
+
+    def report_status(self, name: str, report: dict[str, Any]) -> None:
+        cr = self.get(name)
+        if cr.activation_status != ACTIVE:
+            raise HierarchyError(
+                f"connected registry {name!r} is not activated; activate it again",
+                "NOT_ACTIVATED",
+                409,
+            )
+        details = report.get("statusDetails") or []
+        if not isinstance(details, list):
+            raise HierarchyError("statusDetails must be a list", "MANIFEST_INVALID")
+        self.conn.execute(
+            "UPDATE connected_registries SET reported_state = ?, last_sync_time = "
+            "coalesce(?, last_sync_time), version = coalesce(?, version), login_server = "
+            "coalesce(?, login_server), tls = coalesce(?, tls), status_details = ?, "
+            "last_activity_time = ?, resync_requested = CASE WHEN ? THEN 0 ELSE "
+            "resync_requested END WHERE name = ?",
+            (
+                _string(report.get("state")),
+                _string(report.get("lastSyncTime")),
+                _string(report.get("version")),
+                _string(report.get("loginServer")),
+                _string(report.get("tls")),
+                json.dumps(details[:50]),
+                _now(),
+                bool(report.get("resyncDone")),
+                name,
+            ),
+        )
+
+    def touch(self, name: str) -> None:
+        """Any gateway call is contact: it keeps the registry Online."""
+        self.conn.execute(
+            "UPDATE connected_registries SET last_activity_time = ? WHERE name = ?",
+            (_now(), name),
+        )
+
+    # -- the settings a device receives ---------------------------------------------------------
+
+    def settings(self, name: str) -> dict[str, Any]:
+        """PROTOCOL.md §3 settings of `name`, with its descendants' (for relaying)."""
+        cr = self.get(name)
+        return {
+            "name": cr.name,
+            "mode": cr.mode,
+            "parent": cr.parent,
+            "repositories": list(cr.repositories),
+            "tagInclude": cr.tag_include,
+            "tagExclude": cr.tag_exclude,
+            "syncSchedule": cr.sync_schedule,
+            "syncWindow": cr.sync_window,
+            "messageTtl": cr.message_ttl,
+            "logLevel": cr.log_level,
+            "resync": cr.resync_requested,
+            "clientTokens": [self._token_settings(t) for t in cr.client_tokens],
+            "syncToken": self._token_settings(cr.sync_token),
+            "descendants": [self.settings(child.name) for child in self.children(name)],
+        }
+
+    def _token_settings(self, name: str) -> dict[str, Any]:
+        try:
+            token = self.credentials.token(name)
+            scope_map = self.credentials.scope_map(token.scope_map)
+        except NotFound:
+            return {"name": name, "status": "disabled", "scopeMap": None, "passwordHashes": []}
+        return {
+            "name": token.name,
+            "status": token.status,
+            "scopeMap": {
+                "name": scope_map.name,
+                "repositories": [p.to_json() for p in scope_map.permissions],
+                "gateways": [g.to_json() for g in scope_map.gateways],
+            },
+            "passwordHashes": [
+                {"id": p.name, "hash": p.hash, "expiry": p.expiry} for p in token.passwords
+            ],
+        }
+
+
+def settings_etag(settings: dict[str, Any]) -> str:
+    body = json.dumps(settings, sort_keys=True).encode()
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def offline_after_from(text: str | None) -> timedelta | None:
+    return parse_duration(text, "[hierarchy] offline_after") if text else None
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
