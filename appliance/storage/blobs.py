@@ -31,6 +31,7 @@ def place_blob_file(layout: Layout, source: Path, digest: Digest) -> Path:
     with open(source, "rb") as f:
         os.fsync(f.fileno())
     os.replace(source, target)
+    # One journal commit carries both directory entries of a rename (ext4, xfs): syncing the
+    # target's directory makes the move durable.
     fsync_directory(folder)
-    fsync_directory(source.parent)
     return target

@@ -8,6 +8,8 @@
       tls/                         public half of `tls generate`, 0644 each
         ca.crt                     the CA clients trust (its fingerprint goes in connection strings)
         server.crt                 the serving certificate, signed by that CA
+        parent-ca.crt              on a connected registry: the CA its parent's chain is checked
+                                   against (pinned at activation, or copied from --ca-file)
       secrets/                     0700
         token-signing-key.pem      0600: signs the bearer tokens of /oauth2/token
         tls-ca.key                 0600: signs server.crt (kept so a re-issue keeps the same CA)
@@ -38,6 +40,7 @@ class Layout:
         self.tls = root / "tls"
         self.tls_ca_cert = self.tls / "ca.crt"
         self.tls_server_cert = self.tls / "server.crt"
+        self.parent_ca_cert = self.tls / "parent-ca.crt"
         self.tls_ca_key = self.secrets / "tls-ca.key"
         self.tls_server_key = self.secrets / "tls-server.key"
 

@@ -241,6 +241,22 @@ def migrate(db: sqlite_utils.Database) -> None:
 
 
 @contextlib.contextmanager
+def unsynced(db: sqlite_utils.Database) -> Iterator[None]:
+    """Statements whose commit need not survive a power cut: upload-session bookkeeping, whose
+    truth is the session's file. Skipping their WAL fsync keeps it off the event loop; the next
+    durable commit syncs them anyway. Inside a transaction it changes nothing."""
+    conn = db.conn
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("PRAGMA synchronous=OFF")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
+
+
+@contextlib.contextmanager
 def write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
     """One transaction that takes the write lock up front (BEGIN IMMEDIATE).
 

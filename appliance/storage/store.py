@@ -73,6 +73,8 @@ class Store:
         self.db = connect(self.layout.database)
         self.conn = self.db.conn
         self.uploads = Uploads(self.layout, self.db)
+        self._state: dict[str, str] | None = None
+        self._state_version = -1
 
     def close(self) -> None:
         self.conn.close()
@@ -80,8 +82,14 @@ class Store:
     # -- node state ------------------------------------------------------------------------
 
     def state(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM node_state WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        """A node_state value. Read on every write request (mode, role), so kept in memory and
+        reloaded when another process (an `activate`, a CLI command) has committed since:
+        `PRAGMA data_version` changes exactly then."""
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._state is None or version != self._state_version:
+            self._state = dict(self.conn.execute("SELECT key, value FROM node_state"))
+            self._state_version = version
+        return self._state.get(key)
 
     def set_state(self, key: str, value: str) -> None:
         self.conn.execute(
@@ -89,6 +97,11 @@ class Store:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+        self._state = None
+
+    def delete_state(self, key: str) -> None:
+        self.conn.execute("DELETE FROM node_state WHERE key = ?", (key,))
+        self._state = None
 
     @property
     def has_parent(self) -> bool:
@@ -204,6 +217,8 @@ class Store:
                 detail={"expected": str(expected), "actual": f"sha256:{actual}"},
             )
         source = self.layout.upload(session.session_id)
+        if size == 0:
+            source.touch()  # the empty blob: no write made the file
         await asyncio.get_running_loop().run_in_executor(
             None, place_blob_file, self.layout, source, expected
         )

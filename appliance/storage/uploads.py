@@ -12,6 +12,7 @@ request body, so one upload keeps both cores busy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -24,6 +25,7 @@ import sqlite_utils
 
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.storage.layout import Layout, is_session_id
+from appliance.storage.schema import unsynced
 
 # Bytes gathered before a write+hash is handed to the worker thread: big enough that thread
 # hand-offs are rare, small enough that memory per upload stays a few MiB.
@@ -52,13 +54,15 @@ class Uploads:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def create(self, repository: str) -> UploadStatus:
+        # The session's file is made by its first write: an upload that is one PUT costs no
+        # empty file.
         session_id = uuid.uuid4().hex
-        self.layout.upload(session_id).touch()
         now = time.time()
-        self.db.execute(
-            "INSERT INTO uploads (id, repository, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            (session_id, repository, now, now),
-        )
+        with unsynced(self.db):
+            self.db.execute(
+                "INSERT INTO uploads (id, repository, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (session_id, repository, now, now),
+            )
         self._hashes[session_id] = _HashState(hashlib.sha256(), 0)
         return UploadStatus(session_id, repository, 0)
 
@@ -72,9 +76,8 @@ class Uploads:
                 try:
                     size = self.layout.upload(session_id).stat().st_size
                 except FileNotFoundError:
-                    size = None
-                if size is not None:
-                    return UploadStatus(session_id, repository, size)
+                    size = 0  # nothing written yet
+                return UploadStatus(session_id, repository, size)
         raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, detail={"session": session_id[:100]})
 
     def lock(self, session_id: str) -> asyncio.Lock:
@@ -112,10 +115,11 @@ class Uploads:
                     await pending
                 if batch:
                     await loop.run_in_executor(None, write, f, batch)
-                self.db.execute(
-                    "UPDATE uploads SET updated_at = ? WHERE id = ?",
-                    (time.time(), session.session_id),
-                )
+                with unsynced(self.db):
+                    self.db.execute(
+                        "UPDATE uploads SET updated_at = ? WHERE id = ?",
+                        (time.time(), session.session_id),
+                    )
         return state.offset
 
     async def digest(self, session: UploadStatus) -> str:
@@ -132,7 +136,7 @@ class Uploads:
         def rehash() -> _HashState:
             hasher = hashlib.sha256()
             offset = 0
-            with open(path, "rb") as f:
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
                 while piece := f.read(WRITE_BATCH):
                     hasher.update(piece)
                     offset += len(piece)
@@ -144,7 +148,8 @@ class Uploads:
 
     def forget(self, session_id: str) -> None:
         """Drop a session's row and memory; its file is gone or moved by the caller."""
-        self.db.execute("DELETE FROM uploads WHERE id = ?", (session_id,))
+        with unsynced(self.db):
+            self.db.execute("DELETE FROM uploads WHERE id = ?", (session_id,))
         self._hashes.pop(session_id, None)
         self._locks.pop(session_id, None)
 
