@@ -92,6 +92,9 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     offline_after: str | None = None
     source: Path | None = None
+    # Which of "listen", "auth", "tls" the operator set (file or flag); the others follow the
+    # node's role (DESIGN.md §7 "Defaults by role").
+    explicit: frozenset[str] = frozenset()
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -225,6 +228,15 @@ def parse_config(text: str, source: Path | None = None) -> Config:
         limits=Limits(**sections["limits"]),
         offline_after=sections["hierarchy"].get("offline_after"),
         source=source,
+        explicit=frozenset(
+            key
+            for key, given in (
+                ("listen", "listen" in values),
+                ("auth", "enabled" in auth),
+                ("tls", "cert" in tls),
+            )
+            if given
+        ),
     )
 
 
@@ -274,6 +286,7 @@ def resolve(
     config file. Only what was given overrides."""
     config = load_config(config_path)
     changes: dict[str, Any] = {}
+    explicit = set(config.explicit)
     if data_dir is not None:
         changes["data_dir"] = data_dir
     if listen is not None:
@@ -281,10 +294,32 @@ def resolve(
             changes["listen"] = parse_listen(listen)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        explicit.add("listen")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if tls_cert is not None:
         changes["tls_cert"], changes["tls_key"] = tls_cert, tls_key
+        explicit.add("tls")
     if auth_enabled is not None:
         changes["auth_enabled"] = auth_enabled
-    return replace(config, **changes) if changes else config
+        explicit.add("auth")
+    return replace(config, explicit=frozenset(explicit), **changes)
+
+
+ROLE_LISTEN = "0.0.0.0:443"
+
+
+def with_role_defaults(config: Config, role: str | None, tls_cert: Path, tls_key: Path) -> Config:
+    """A root or an activated device listens on 443 with TLS and auth unless the operator said
+    otherwise; a development node keeps the development defaults. `tls_cert`/`tls_key` are the
+    node's own certificate (made by activation or `tls generate`), used when present."""
+    if role not in ("cloud", "connected"):
+        return config
+    changes: dict[str, Any] = {}
+    if "listen" not in config.explicit:
+        changes["listen"] = parse_listen(ROLE_LISTEN)
+    if "auth" not in config.explicit:
+        changes["auth_enabled"] = True
+    if "tls" not in config.explicit and tls_cert.exists() and tls_key.exists():
+        changes["tls_cert"], changes["tls_key"] = tls_cert, tls_key
+    return replace(config, **changes)

@@ -16,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlite_utils
 
@@ -400,8 +401,86 @@ class Credentials:
         with write_transaction(self.db):
             token = self.token(name)
             _check_editable("token", name, token.origin, by_parent)
+            owner = self.conn.execute(
+                "SELECT name FROM connected_registries WHERE sync_token = ?", (name,)
+            ).fetchone()
+            if owner is not None:
+                raise CredentialError(
+                    f"token {name!r} is the sync token of connected registry {owner[0]!r}; "
+                    "delete the connected registry first"
+                )
             self.conn.execute("DELETE FROM token_passwords WHERE token = ?", (name,))
             self.conn.execute("DELETE FROM tokens WHERE name = ?", (name,))
+
+    # -- what the parent sends -----------------------------------------------------------------
+
+    def replace_from_parent(self, token_settings: list[dict[str, Any]]) -> list[str]:
+        """Make this node's parent-origin tokens exactly `token_settings`: the `clientTokens` of
+        the parent's settings (PROTOCOL.md §3), `{name, status, scopeMap: {name, repositories,
+        gateways}, passwordHashes: [{id, hash, expiry}]}` each.
+
+        Tokens and their scope maps are created or replaced with origin 'parent'; password
+        hashes are stored as received (only hashes travel, so this node checks its clients'
+        passwords while offline). Parent-origin tokens no longer sent are deleted, and so are
+        parent-origin scope maps nothing uses any more. Anything with origin 'local' is never
+        touched: a parent token whose name, or whose scope map's name, a local one already has
+        is skipped, and the skipped names are returned. A token the parent sends without a
+        scope map (gone on the parent) is not created. One transaction: a malformed entry
+        (CredentialError) changes nothing. Limits are not applied: the parent enforced its own.
+        """
+        wanted = [_parent_token(entry) for entry in token_settings]
+        skipped: list[str] = []
+        with write_transaction(self.db):
+            local_tokens = self._names("tokens", "local")
+            local_maps = self._names("scope_maps", "local")
+            created = dict(
+                self.conn.execute("SELECT name, created_at FROM tokens WHERE origin = 'parent'")
+            )
+            self.conn.execute(
+                "DELETE FROM token_passwords WHERE token IN "
+                "(SELECT name FROM tokens WHERE origin = 'parent')"
+            )
+            self.conn.execute("DELETE FROM tokens WHERE origin = 'parent'")
+            now = _now()
+            for token in wanted:
+                if token.name in local_tokens or (
+                    token.scope_map is not None and token.scope_map.name in local_maps
+                ):
+                    skipped.append(token.name)
+                    continue
+                if token.scope_map is None:
+                    continue
+                scope_map = token.scope_map
+                self.conn.execute(
+                    "INSERT INTO scope_maps (name, description, permissions, origin, created_at, "
+                    "updated_at) VALUES (?, ?, ?, 'parent', ?, ?) ON CONFLICT (name) DO UPDATE "
+                    "SET permissions = excluded.permissions, updated_at = excluded.updated_at",
+                    (
+                        scope_map.name,
+                        "from the parent registry",
+                        _dump(scope_map.permissions, scope_map.gateways),
+                        now,
+                        now,
+                    ),
+                )
+                self.conn.execute(
+                    "INSERT INTO tokens (name, scope_map, status, origin, created_at, updated_at) "
+                    "VALUES (?, ?, ?, 'parent', ?, ?)",
+                    (token.name, scope_map.name, token.status, created.get(token.name, now), now),
+                )
+                for slot, hashed, expiry in token.passwords:
+                    self._store_password(token.name, slot, hashed, expiry, now)
+            self.conn.execute(
+                "DELETE FROM scope_maps WHERE origin = 'parent' "
+                "AND name NOT IN (SELECT scope_map FROM tokens)"
+            )
+        return skipped
+
+    def _names(self, table: str, origin: str) -> set[str]:
+        return {
+            row[0]
+            for row in self.conn.execute(f"SELECT name FROM {table} WHERE origin = ?", (origin,))
+        }
 
     def _exists(self, table: str, name: str) -> bool:
         return (
@@ -490,6 +569,54 @@ class Credentials:
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = (slot, fingerprint, time.monotonic())
+
+
+@dataclass(frozen=True)
+class _ParentScopeMap:
+    name: str
+    permissions: tuple[Permission, ...]
+    gateways: tuple[GatewayPermission, ...]
+
+
+@dataclass(frozen=True)
+class _ParentToken:
+    name: str
+    status: str
+    scope_map: _ParentScopeMap | None
+    passwords: tuple[tuple[str, str, str | None], ...]
+
+
+def _parent_token(entry: Any) -> _ParentToken:
+    """One client token of the parent's settings, validated; CredentialError names the fault."""
+    try:
+        name = validate_resource_name("token", entry["name"])
+        status = entry.get("status", "enabled")
+        _check_status(status)
+        scope = entry.get("scopeMap")
+        scope_map = None
+        if scope is not None:
+            permissions, gateways = _load_all(
+                json.dumps(list(scope.get("repositories", [])) + list(scope.get("gateways", [])))
+            )
+            for permission in permissions:
+                validate_pattern(permission.repository)
+                validate_actions(tuple(permission.actions))
+            scope_map = _ParentScopeMap(
+                validate_resource_name("scope map", scope["name"]), permissions, gateways
+            )
+        passwords = []
+        for password in entry.get("passwordHashes", []):
+            _check_slot(password["id"])
+            if not isinstance(password["hash"], str) or not password["hash"]:
+                raise CredentialError(f"{password['id']} has no hash")
+            passwords.append((password["id"], password["hash"], password.get("expiry")))
+    except CredentialError as err:
+        raise CredentialError(f"the parent sent an unusable client token: {err}") from None
+    except (KeyError, TypeError, AttributeError, PatternError) as err:
+        raise CredentialError(
+            f"the parent sent a malformed client token ({type(err).__name__}: {err})"
+        ) from None
+    return _ParentToken(name, status, scope_map, tuple(passwords))
 
 
 def _fingerprint(token: Token) -> str:

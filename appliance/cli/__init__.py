@@ -11,8 +11,12 @@ import sys
 import click
 
 from appliance import __version__
+from appliance.cli.activate import activate, deactivate
+from appliance.cli.cloud import cloud
 from appliance.cli.scope_maps import scope_map
 from appliance.cli.serve import serve
+from appliance.cli.status import status
+from appliance.cli.system import system
 from appliance.cli.tls import tls
 from appliance.cli.tokens import token
 
@@ -27,6 +31,11 @@ cli.add_command(serve)
 cli.add_command(tls)
 cli.add_command(scope_map)
 cli.add_command(token)
+cli.add_command(cloud)
+cli.add_command(activate)
+cli.add_command(deactivate)
+cli.add_command(status)
+cli.add_command(system)
 
 
 def main() -> None:
@@ -39,5 +48,5 @@ def main() -> None:
         sys.exit(1)
     except click.ClickException as err:
         # One line, not click's usage block: operators read these in journald and scripts.
-        click.echo(f"Error: {err.format_message()}", err=True)
+        click.echo(f"Error: {' '.join(err.format_message().split())}", err=True)
         sys.exit(err.exit_code)

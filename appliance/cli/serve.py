@@ -15,9 +15,11 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.cli.options import load, node_options
-from appliance.config import Config
+from appliance.config import Config, with_role_defaults
 from appliance.registry.app import make_app
+from appliance.storage.layout import Layout
 from appliance.storage.schema import SchemaTooNew
+from appliance.system import notify
 
 
 @click.command()
@@ -48,7 +50,8 @@ from appliance.storage.schema import SchemaTooNew
 @click.option(
     "--insecure-http",
     is_flag=True,
-    help="Allow auth over plain HTTP on a loopback address (tests and development only).",
+    help="Serve plain HTTP on a loopback address even with auth on or on a root or device "
+    "(tests and development only).",
 )
 def serve(
     config_path: Path | None,
@@ -72,6 +75,18 @@ def serve(
         tls_key=tls_key,
         auth_enabled=auth,
     )
+    layout = Layout(config.data_dir)
+    role = node_role(layout.database)
+    if not insecure_http:
+        config = with_role_defaults(config, role, layout.tls_server_cert, layout.tls_server_key)
+    elif role in ("cloud", "connected") and "auth" not in config.explicit:
+        config = replace(config, auth_enabled=True)
+    if role in ("cloud", "connected") and config.tls_cert is None and not insecure_http:
+        raise click.ClickException(
+            f"this node is a {'root' if role == 'cloud' else 'connected registry'} and has no "
+            "TLS certificate: run `connected-registry tls generate --host NAME`, or give "
+            "--tls-cert/--tls-key"
+        )
     if config.tls_cert is None:
         if not config.listen.is_loopback:
             raise click.ClickException(
@@ -87,6 +102,21 @@ def serve(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     asyncio.run(_serve(config))
+
+
+def node_role(database: Path) -> str | None:
+    """The node's role, read without creating or migrating anything."""
+    if not database.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM node_state WHERE key = 'role'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
@@ -127,6 +157,7 @@ async def _serve(config: Config) -> None:
         url = config.listen.url("https" if tls else "http")
         click.echo(f"connected-registry {__version__} serving {url}")
         click.echo(f"data: {data_dir}")
-        await stop.wait()
+        async with notify.running(f"serving {url}"):
+            await stop.wait()
     finally:
         await runner.cleanup()

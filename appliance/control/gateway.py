@@ -148,9 +148,23 @@ async def version(request: web.Request) -> web.StreamResponse:
     return web.json_response({"gateway": "v1", "version": __version__})
 
 
+async def ca_certificate(request: web.Request) -> web.StreamResponse:
+    """Unauthenticated: this node's CA certificate (PEM), public data. A device whose connection
+    string pins `ParentCertificateFingerprint` fetches it, checks the fingerprint and from then on
+    verifies this node's chain against it."""
+    try:
+        pem = store_of(request).layout.tls_ca_cert.read_bytes()
+    except FileNotFoundError:
+        return _error(
+            404, "NAME_UNKNOWN", "this node has no CA certificate (tls generate makes one)"
+        )
+    return web.Response(body=pem, content_type="application/x-pem-file")
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/gateway/v1/", version)
+    r.add_get("/gateway/v1/ca.crt", ca_certificate)
     r.add_post(f"{PREFIX}/activate", activate)
     r.add_post(f"{PREFIX}/deactivate", deactivate)
     r.add_get(f"{PREFIX}/settings", settings)

@@ -15,6 +15,7 @@ than the continuous default needs a window; limits on client tokens.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -67,7 +68,7 @@ ALREADY_ACTIVATED_MESSAGE = (
 class HierarchyError(Exception):
     """A refused operation. `code`/`status` are what the gateway and management APIs answer."""
 
-    def __init__(self, message: str, code: str = "DENIED", status: int = 400) -> None:
+    def __init__(self, message: str, code: str = "INVALID", status: int = 400) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -508,8 +509,11 @@ class Hierarchy:
                     f"connected-registry token delete {cr.sync_token} --yes",
                     f"connected-registry scope-map delete {cr.sync_token} --yes",
                 ]
-            self.credentials.delete_token(cr.sync_token)
-            self.credentials.delete_scope_map(cr.sync_token)
+            # Either may already have been deleted by hand; the clean-up still finishes.
+            with contextlib.suppress(NotFound):
+                self.credentials.delete_token(cr.sync_token)
+            with contextlib.suppress(NotFound):
+                self.credentials.delete_scope_map(cr.sync_token)
             for ancestor in ancestors:
                 self.credentials.update_scope_map(ancestor.sync_token, remove_gateways=gateway)
         return []

@@ -13,7 +13,7 @@ from appliance.auth.access import AnonymousPull
 from appliance.auth.bearer import TokenAuthority, load_or_create_key
 from appliance.auth.tokens import Credentials
 from appliance.config import Config
-from appliance.control import gateway
+from appliance.control import gateway, management
 from appliance.control.gateway import HIERARCHY
 from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.registry import blobs, listing, manifests, token, uploads
@@ -101,4 +101,5 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
     app.cleanup_ctx.append(store_context)
     add_routes(app)
     gateway.add_routes(app)
+    management.add_routes(app)
     return app

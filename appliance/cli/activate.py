@@ -1,0 +1,328 @@
+"""`connected-registry activate` (the first-boot wizard) and `connected-registry deactivate`.
+
+A person at a terminal is asked for the connection string (pasted; a malformed one is refused
+field by field and asked for again), shown the parent it will trust, asked the login server, and
+then the registry is claimed. Unattended (an imaging pipeline, the first-boot unit), everything
+comes from options: `--connection-string`, `--connection-string-file` or the environment
+variable `CONNECTED_REGISTRY_CONNECTION_STRING`, with `--yes`. The password is never printed:
+what is shown is the redacted string.
+
+After a successful activation on a systemd host with the packaged units, run as root, the data
+directory is handed to the service user and the service and sync timer are started; anywhere
+else the command prints how to start `connected-registry serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from appliance.cli.options import load, node_options
+from appliance.control.activation import (
+    Activation,
+    ActivationError,
+    default_login_server,
+    existing_state,
+    login_server_port,
+    parse_login_server,
+)
+from appliance.control.activation import activate as activate_node
+from appliance.control.activation import deactivate as deactivate_node
+from appliance.control.connection_string import ConnectionString, ConnectionStringError, parse
+from appliance.control.gateway_client import GatewayError
+from appliance.control.node import CLOUD, CONNECTED
+from appliance.storage.layout import Layout
+
+SERVICE_UNIT = Path("/lib/systemd/system/connected-registry.service")
+SERVICE_USER = "connected-registry"
+UNITS = ("connected-registry.service", "connected-registry-sync.timer")
+PROMPT = "Connection string (from `get-settings` on the parent)"
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _given_string(
+    ctx: click.Context, connection_string: str | None, connection_string_file: Path | None
+) -> str | None:
+    """The connection string from the options: the flag, else the file, else the environment
+    variable (click fills the flag from it; a file given on the command line wins over it)."""
+    from_env = (
+        ctx.get_parameter_source("connection_string") == click.core.ParameterSource.ENVIRONMENT
+    )
+    if connection_string is not None and connection_string_file is not None and not from_env:
+        raise click.UsageError("give --connection-string or --connection-string-file, not both")
+    if connection_string_file is not None:
+        try:
+            return connection_string_file.read_text().strip()
+        except OSError as err:
+            raise click.UsageError(
+                f"cannot read {connection_string_file}: {err.strerror}"
+            ) from None
+    return connection_string
+
+
+def _ask_connection_string() -> ConnectionString:
+    while True:
+        text = click.prompt(PROMPT, prompt_suffix=": ", default="", show_default=False)
+        try:
+            return parse(text)
+        except ConnectionStringError as err:
+            click.echo(f"Error: invalid connection string: {err}", err=True)
+
+
+def _ask_login_server(default: str) -> str:
+    while True:
+        text = click.prompt("Login server clients will use (HOST:PORT)", default=default)
+        try:
+            return parse_login_server(text)
+        except ValueError as err:
+            click.echo(f"Error: {err}", err=True)
+
+
+def _trust(connection: ConnectionString, ca_file: Path | None, yes: bool) -> None:
+    """Show whom the device will trust; a pinned fingerprint needs the operator's yes."""
+    parent = connection.base_url
+    if connection.protocol == "http":
+        click.echo(f"Parent: {parent} (plain HTTP: a loopback parent, for development only)")
+        return
+    if ca_file is not None:
+        click.echo(f"Parent: {parent}, its certificate checked against the CA in {ca_file}")
+        return
+    if connection.fingerprint is None:
+        click.echo(f"Parent: {parent}, its certificate checked against the system's CAs")
+        return
+    click.echo(f"Parent: {parent}, certificate fingerprint {connection.fingerprint}")
+    if yes:
+        return
+    if not _interactive():
+        raise click.ClickException(
+            "refusing to trust the parent's certificate fingerprint without confirmation and no "
+            "terminal to ask on: pass --yes"
+        )
+    if not click.confirm("Trust this certificate for the parent?", default=False):
+        raise click.ClickException("not activated: the parent's certificate was not trusted")
+
+
+@click.command()
+@node_options
+@click.option(
+    "--connection-string",
+    envvar="CONNECTED_REGISTRY_CONNECTION_STRING",
+    metavar="STRING",
+    help="The connection string `get-settings --generate-password` printed on the parent.",
+)
+@click.option(
+    "--connection-string-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the connection string from this file (e.g. /etc/connected-registry/"
+    "connection-string).",
+)
+@click.option(
+    "--login-server",
+    envvar="CONNECTED_REGISTRY_LOGIN_SERVER",
+    metavar="HOST:PORT",
+    help="Where clients reach this registry.  [default: this host's name:443]",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="CONNECTED_REGISTRY_PARENT_CA_FILE",
+    help="Trust the parent's certificate chain through this CA (PEM), not the system's CAs.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Trust the parent and take defaults; ask nothing.")
+@click.option(
+    "--no-start", is_flag=True, help="Only write the state: do not start the systemd services."
+)
+@click.pass_context
+def activate(
+    ctx: click.Context,
+    config_path: Path | None,
+    data_dir: Path | None,
+    connection_string: str | None,
+    connection_string_file: Path | None,
+    login_server: str | None,
+    ca_file: Path | None,
+    yes: bool,
+    no_start: bool,
+) -> None:
+    """Claim a connected registry on its parent and become it (the first-boot wizard).
+
+    Nothing is written before the parent accepts. Running it again on an active node changes
+    nothing.
+    """
+    config = load(config_path, data_dir)
+    data = config.data_dir.resolve()
+    state = existing_state(Layout(data))
+    if state.get("role") == CLOUD:
+        raise click.ClickException(
+            f"DENIED: {data} is a root (cloud init); a root has no parent to activate with"
+        )
+    text = _given_string(ctx, connection_string, connection_string_file)
+    if text is None:
+        if not _interactive():
+            raise click.UsageError(
+                "no connection string: give --connection-string, --connection-string-file or "
+                "CONNECTED_REGISTRY_CONNECTION_STRING"
+            )
+        if state.get("role") == CONNECTED:
+            click.echo(
+                f"This node is already activated as {state.get('name')} (parent "
+                f"{state.get('parent_endpoint')}). Nothing changed."
+            )
+            return
+        connection = _ask_connection_string()
+    else:
+        try:
+            connection = parse(text)
+        except ConnectionStringError as err:
+            raise click.UsageError(f"invalid connection string: {err}") from None
+    if ca_file is not None and (connection.protocol == "http" or connection.fingerprint):
+        raise click.UsageError(
+            "--ca-file is for an https parent whose connection string pins no "
+            "ParentCertificateFingerprint"
+        )
+    click.echo(f"Connection string: {connection.redacted()}")
+    _trust(connection, ca_file, yes)
+    if login_server is not None:
+        try:
+            login_server = parse_login_server(login_server)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--login-server") from None
+    elif _interactive() and not yes and state.get("role") != CONNECTED:
+        login_server = _ask_login_server(state.get("login_server") or default_login_server())
+    click.echo(f"Activating {connection.registry_name} with the parent at {connection.base_url}…")
+    try:
+        result = asyncio.run(
+            activate_node(
+                data,
+                connection,
+                login_server=login_server,
+                ca_file=ca_file,
+                make_certificate=config.tls_cert is None,
+            )
+        )
+    except (ActivationError, GatewayError) as err:
+        raise click.ClickException(str(err)) from None
+    if result.already_active:
+        click.echo(
+            f"{result.name} is already activated on this node (instance {result.instance_id}); "
+            "nothing changed."
+        )
+        return
+    _report(result)
+    if not no_start and SERVICE_UNIT.exists() and os.geteuid() == 0:
+        _start_services(data)
+    else:
+        _how_to_serve(result, config.tls_cert, config.tls_key)
+
+
+def _report(result: Activation) -> None:
+    click.echo(f"Activated {result.name} ({result.mode}) with the parent at {result.parent}.")
+    click.echo(f"  instance:      {result.instance_id}")
+    click.echo(f"  login server:  {result.login_server}")
+    click.echo(f"  data:          {result.data_dir}")
+    if result.certificates is not None:
+        hosts = ", ".join(str(h) for h in result.certificates.hosts)
+        click.echo(
+            f"  TLS:           made a certificate for {hosts} (clients trust "
+            f"{result.certificates.ca_cert}, fingerprint {result.certificates.ca_fingerprint})"
+        )
+    for name in result.skipped_tokens:
+        click.echo(
+            f"Warning: client token {name!r} from the parent was not installed: a local token "
+            "or scope map has that name",
+            err=True,
+        )
+
+
+def _start_services(data: Path) -> None:
+    """Give the state to the service user, then enable and start the service and its timer."""
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+        for folder, folders, files in os.walk(data):
+            os.lchown(folder, user.pw_uid, user.pw_gid)
+            for name in folders + files:
+                os.lchown(os.path.join(folder, name), user.pw_uid, user.pw_gid)
+    except (KeyError, OSError) as err:
+        raise click.ClickException(
+            f"activated, but cannot hand {data} to user {SERVICE_USER}: {err}"
+        ) from None
+    done = subprocess.run(
+        ["systemctl", "enable", "--now", *UNITS], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise click.ClickException(
+            f"activated, but systemctl could not start the service: {reason}"
+        )
+    click.echo(f"Started {' and '.join(UNITS)}.")
+
+
+def _how_to_serve(result: Activation, tls_cert: Path | None, tls_key: Path | None) -> None:
+    layout = Layout(result.data_dir)
+    listen = f"0.0.0.0:{login_server_port(result.login_server)}"
+    command = [
+        "connected-registry",
+        "serve",
+        "--data-dir",
+        str(result.data_dir),
+        "--listen",
+        listen,
+        "--tls-cert",
+        str(tls_cert or layout.tls_server_cert),
+        "--tls-key",
+        str(tls_key or layout.tls_server_key),
+        "--auth",
+    ]
+    click.echo("Start the registry with:")
+    click.echo(f"  {shlex.join(command)}")
+
+
+@click.command()
+@node_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Deactivate this node even if the parent cannot be reached or refuses (the parent "
+    "then still shows it Active: run `cloud deactivate` there).",
+)
+def deactivate(config_path: Path | None, data_dir: Path | None, yes: bool, force: bool) -> None:
+    """Release this node's claim on its parent; its content and tokens stay.
+
+    Another instance (or this one, again) can then activate the connected registry.
+    """
+    config = load(config_path, data_dir)
+    data = config.data_dir.resolve()
+    state = existing_state(Layout(data))
+    if state.get("role") != CONNECTED:
+        raise click.ClickException(f"NOT_ACTIVATED: {data} is not an activated connected registry")
+    if not yes:
+        if not _interactive():
+            raise click.ClickException(
+                "refusing to deactivate without confirmation and no terminal to ask on: "
+                "pass --yes"
+            )
+        click.confirm(
+            f"Deactivate {state.get('name')} (parent {state.get('parent_endpoint')})?", abort=True
+        )
+    try:
+        result = asyncio.run(deactivate_node(data, force=force))
+    except (ActivationError, GatewayError) as err:
+        raise click.ClickException(str(err)) from None
+    if result.parent_told:
+        click.echo(f"Deactivated {result.name}; the parent at {result.parent} released it.")
+    else:
+        click.echo(
+            f"Deactivated {result.name} on this node only: {result.parent_error}. Run "
+            f"`connected-registry cloud deactivate {result.name}` on the root.",
+        )

@@ -1,0 +1,165 @@
+"""`connected-registry status`: what this node is and holds, from its data directory alone.
+
+Never touches the network: the role, name, mode and parent come from the node state; the
+connection state is what the node last recorded (the sync keeps `connection_state`,
+`last_sync_time` and `last_contact` in the node state; before the first sync it is Unknown);
+storage figures are the database's and the file system's. On a root it also lists the connected
+registries below it, with the state their instances last reported.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.auth.tokens import Credentials
+from appliance.cli.options import load, node_options, open_store
+from appliance.cli.output import emit, format_fields, format_table, output_option
+from appliance.control.hierarchy import Hierarchy, offline_after_from
+from appliance.control.node import CLOUD, CONNECTED, NodeState
+from appliance.storage.layout import Layout
+from appliance.storage.store import Store
+
+DEVELOPMENT = "development"
+
+
+def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any]:
+    """The status document `--output json` prints."""
+    node = NodeState(store)
+    role = node.role or DEVELOPMENT
+    conn = store.conn
+    blob_count, blob_bytes = conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM blobs"
+    ).fetchone()
+    status: dict[str, Any] = {
+        "role": role,
+        "name": node.get("name"),
+        "mode": node.mode,
+        "loginServer": node.get("login_server"),
+        "instanceId": node.get("instance_id"),
+        "dataDir": str(store.layout.root),
+        "parent": None,
+        "activationStatus": None,
+        "storage": {
+            "blobs": blob_count,
+            "blobBytes": blob_bytes,
+            "freeBytes": shutil.disk_usage(store.layout.root).free,
+        },
+        "repositories": conn.execute("SELECT count(*) FROM repositories").fetchone()[0],
+        "tags": conn.execute("SELECT count(*) FROM tags").fetchone()[0],
+    }
+    if role == CONNECTED:
+        status["parent"] = {
+            "endpoint": node.get("parent_endpoint"),
+            "protocol": node.get("parent_protocol"),
+            "fingerprint": node.get("parent_fingerprint"),
+        }
+        status["activationStatus"] = "Active"
+        status["activatedAt"] = node.get("activated_at")
+        status["connectionState"] = node.get("connection_state") or "Unknown"
+        status["lastSyncTime"] = node.get("last_sync_time")
+        status["lastContact"] = node.get("last_contact")
+    if role == CLOUD:
+        hierarchy = Hierarchy(
+            store, Credentials(store.db), offline_after=offline_after_from(offline_after)
+        )
+        status["connectedRegistries"] = [
+            {
+                "name": entry["name"],
+                "mode": entry["mode"],
+                "parent": entry["parent"],
+                "activationStatus": entry["activationStatus"],
+                "connectionState": entry["connectionState"],
+                "lastActivityTime": entry["lastActivityTime"],
+            }
+            for entry in (hierarchy.to_json(cr) for cr in hierarchy.list())
+        ]
+    return status
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _table(status: dict[str, Any]) -> str:
+    role = status["role"]
+    fields = [("Role", role)]
+    if role == CONNECTED:
+        parent = status["parent"]
+        fields += [
+            ("Name", status["name"]),
+            ("Mode", status["mode"]),
+            ("Parent", f"{parent['protocol']}://{parent['endpoint']}"),
+            ("Activation", f"{status['activationStatus']} since {status['activatedAt']}"),
+            ("Connection", _connection(status)),
+        ]
+    elif role == CLOUD:
+        fields.append(("Mode", "ReadWrite (root)"))
+    if status["loginServer"]:
+        fields.append(("Login server", status["loginServer"]))
+    storage = status["storage"]
+    fields += [
+        ("Data", status["dataDir"]),
+        ("Blobs", f"{storage['blobs']} ({_size(storage['blobBytes'])})"),
+        ("Free space", _size(storage["freeBytes"])),
+        ("Repositories", str(status["repositories"])),
+        ("Tags", str(status["tags"])),
+    ]
+    text = format_fields(fields)
+    if role == CLOUD:
+        rows = [
+            (
+                cr["name"],
+                cr["mode"],
+                cr["activationStatus"],
+                cr["connectionState"],
+                cr["parent"] or "(root)",
+                cr["lastActivityTime"] or "never",
+            )
+            for cr in status["connectedRegistries"]
+        ]
+        text += "\n\nConnected registries:\n" + (
+            format_table(("name", "mode", "activation", "state", "parent", "last activity"), rows)
+            if rows
+            else "  none yet (connected-registry cloud create NAME …)"
+        )
+    return text
+
+
+def _connection(status: dict[str, Any]) -> str:
+    state = status["connectionState"]
+    if status["lastSyncTime"]:
+        state += f", last sync {status['lastSyncTime']}"
+    return state
+
+
+@click.command()
+@node_options
+@output_option
+def status(config_path: Path | None, data_dir: Path | None, output: str) -> None:
+    """What this node is (development, root or connected registry) and what it holds.
+
+    Works offline: everything comes from the data directory.
+    """
+    config = load(config_path, data_dir)
+    layout = Layout(config.data_dir.resolve())
+    if not layout.database.exists():
+        raise click.ClickException(
+            f"no registry in {layout.root}: run `connected-registry serve`, `activate` or "
+            "`cloud init` first, or give --data-dir"
+        )
+    store = open_store(config)
+    try:
+        document = node_status(store, config.offline_after)
+    finally:
+        store.close()
+    emit(output, document, lambda: _table(document))
+

@@ -1,0 +1,1 @@
+"""Life under systemd: readiness and watchdog notifications, and the first-boot activation."""

@@ -1,0 +1,47 @@
+"""Whether this node is a root or an activated connected registry, for the units that start
+only on one (`connected-registry.service`, the sync timer) or only on neither (first boot)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.control.activation import existing_state
+from appliance.control.node import CLOUD, CONNECTED
+from appliance.storage.layout import Layout
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    role: str | None
+    """'cloud', 'connected', or None for a node that is neither (yet)."""
+    explanation: str
+    """One line for `systemctl status`: what the node is, or why it is not ready to serve."""
+
+
+def node_role(data_dir: Path) -> NodeRole:
+    """Read the role from the data directory without changing anything in it."""
+    layout = Layout(data_dir)
+    if not layout.database.exists():
+        return NodeRole(
+            None,
+            f"not activated: no registry in {data_dir} yet; run `connected-registry activate` "
+            "(or `connected-registry cloud init` on a root)",
+        )
+    if not os.access(layout.database, os.R_OK):
+        return NodeRole(None, f"cannot read {layout.database}: it must belong to the service user")
+    state = existing_state(layout)
+    role = state.get("role")
+    if role == CLOUD:
+        return NodeRole(CLOUD, f"a root (cloud init), login server {state.get('login_server')}")
+    if role == CONNECTED:
+        return NodeRole(
+            CONNECTED,
+            f"activated as {state.get('name')} (parent {state.get('parent_endpoint')})",
+        )
+    return NodeRole(
+        None,
+        f"not activated: {data_dir} holds a registry that is neither activated nor a root; run "
+        "`connected-registry activate` (or `connected-registry cloud init` on a root)",
+    )
