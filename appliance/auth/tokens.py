@@ -501,23 +501,10 @@ class Credentials:
         ).fetchone()
         return _load(row[0]) if row else ()
 
-    def gateway_actions(self, token_name: str, registry: str) -> frozenset[str]:
-        """What an enabled token may do on the gateway API for `registry`."""
-        row = self.conn.execute(
-            "SELECT t.status, s.permissions FROM tokens t JOIN scope_maps s "
-            "ON s.name = t.scope_map WHERE t.name = ?",
-            (token_name,),
-        ).fetchone()
-        if row is None or row[0] != "enabled":
-            return frozenset()
-        granted: set[str] = set()
-        for gateway in _load_all(row[1])[1]:
-            if gateway.registry == registry:
-                granted |= gateway.actions
-        return frozenset(granted)
-
-    def standing_permissions(self, token_name: str) -> tuple[Permission, ...] | None:
-        """The permissions of an enabled token; None when it is disabled or gone."""
+    def _enabled_grants(
+        self, token_name: str
+    ) -> tuple[tuple[Permission, ...], tuple[GatewayPermission, ...]] | None:
+        """What an enabled token's scope map grants; None when it is disabled or gone."""
         row = self.conn.execute(
             "SELECT t.status, s.permissions FROM tokens t JOIN scope_maps s "
             "ON s.name = t.scope_map WHERE t.name = ?",
@@ -525,7 +512,18 @@ class Credentials:
         ).fetchone()
         if row is None or row[0] != "enabled":
             return None
-        return _load(row[1])
+        return _load_all(row[1])
+
+    def gateway_actions(self, token_name: str, registry: str) -> frozenset[str]:
+        """What an enabled token may do on the gateway API for `registry`."""
+        grants = self._enabled_grants(token_name)
+        gateways = grants[1] if grants else ()
+        return frozenset(a for g in gateways if g.registry == registry for a in g.actions)
+
+    def standing_permissions(self, token_name: str) -> tuple[Permission, ...] | None:
+        """The permissions of an enabled token; None when it is disabled or gone."""
+        grants = self._enabled_grants(token_name)
+        return grants[0] if grants else None
 
     async def authenticate(self, name: str, password: str) -> Token | None:
         """The enabled token whose unexpired password this is, else None.
