@@ -19,7 +19,7 @@ from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.registry import blobs, listing, manifests, token, uploads
 from appliance.registry.access import AUTH, AUTHORITY, CREDENTIALS, AuthSettings, access_control
 from appliance.registry.context import LOGIN, STORE, requires
-from appliance.registry.errors import oci_errors
+from appliance.registry.errors import durable_writes, oci_errors
 from appliance.storage.store import Store
 from appliance.storage.uploads import ABANDONED_AFTER
 
@@ -72,11 +72,13 @@ async def _purge_abandoned_uploads(store: Store, max_age: float) -> None:
 
 def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.Application:
     """The registry over the store in `config.data_dir`, opened at startup."""
-    app = web.Application(middlewares=[oci_errors, access_control], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[oci_errors, durable_writes, access_control], client_max_size=1024**2
+    )
     app[AUTH] = AuthSettings(config.auth_enabled, AnonymousPull(config.anonymous_pull))
 
     async def store_context(app: web.Application) -> AsyncIterator[None]:
-        store = Store(config.data_dir)
+        store = Store(config.data_dir, group_commit=True)
         app[STORE] = store
         app[CREDENTIALS] = Credentials(
             store.db,

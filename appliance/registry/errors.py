@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from appliance.oci.errors import ErrorCode, OCIError
-from appliance.registry.context import API_VERSION_HEADER
+from appliance.registry.context import API_VERSION_HEADER, store_of
 
 log = logging.getLogger(__name__)
 
@@ -54,4 +54,17 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             status=500,
         )
     response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+    return response
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def durable_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No write is acknowledged before it is on disk: after any handler that may have written
+    (registry, token, gateway, management), wait for the store's group commit."""
+    response = await handler(request)
+    if request.method in WRITE_METHODS:
+        await store_of(request).flush()
     return response

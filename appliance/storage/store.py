@@ -25,6 +25,7 @@ from appliance.oci.manifests import (
     required_blobs,
 )
 from appliance.storage.blobs import place_blob_file
+from appliance.storage.durability import WalSync
 from appliance.storage.layout import Layout
 from appliance.storage.schema import connect, write_transaction
 from appliance.storage.uploads import Uploads, UploadStatus
@@ -67,17 +68,27 @@ def _now() -> str:
 
 
 class Store:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, group_commit: bool = False) -> None:
+        """With `group_commit` (the server), writes are durable once `flush()` returns; without
+        (commands, tests), every commit is durable when it returns."""
         self.layout = Layout(data_dir)
         self.layout.create()
-        self.db = connect(self.layout.database)
+        self.db = connect(self.layout.database, group_commit)
         self.conn = self.db.conn
+        self._wal_sync = WalSync(self.layout.database) if group_commit else None
         self.uploads = Uploads(self.layout, self.db)
         self._state: dict[str, str] | None = None
         self._state_version = -1
 
     def close(self) -> None:
         self.conn.close()
+        if self._wal_sync is not None:
+            self._wal_sync.close()
+
+    async def flush(self) -> None:
+        """Make every commit so far durable; call before acknowledging a write."""
+        if self._wal_sync is not None:
+            await self._wal_sync.sync()
 
     # -- node state ------------------------------------------------------------------------
 
@@ -225,6 +236,7 @@ class Store:
         with write_transaction(self.db):
             self._link_blob(session.repository, expected, size)
             self.uploads.forget(session.session_id)
+        await self.flush()
         return size
 
     def mount_blob(self, repository: str, digest: Digest, source: str) -> bool:

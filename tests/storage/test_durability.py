@@ -1,0 +1,53 @@
+"""Group commit: a write is acknowledged only after an fsync of the WAL that began after it was
+committed; writers that commit while one fsync runs share the next."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from appliance.storage.durability import WalSync
+from appliance.storage.store import Store
+
+
+class CountingWalSync(WalSync):
+    def __init__(self, database: Path) -> None:
+        super().__init__(database)
+        self.fsync_starts: list[float] = []
+
+    def _fsync_now(self) -> None:
+        self.fsync_starts.append(time.monotonic())
+        time.sleep(0.02)  # a slow disk
+
+
+async def test_concurrent_writers_share_fsyncs_and_each_waits_for_one_that_began_after_it(
+    tmp_path: Path,
+) -> None:
+    wal = CountingWalSync(tmp_path / "registry.db")
+    called: list[float] = []
+
+    async def writer(delay: float) -> float:
+        await asyncio.sleep(delay)
+        called.append(time.monotonic())
+        start = called[-1]
+        await wal.sync()
+        return start
+
+    starts = await asyncio.gather(*(writer(i * 0.005) for i in range(20)))
+    assert 2 <= len(wal.fsync_starts) < 20
+    for start in starts:
+        assert any(begun >= start for begun in wal.fsync_starts)
+
+
+async def test_syncing_before_anything_was_written_is_harmless(tmp_path: Path) -> None:
+    wal = WalSync(tmp_path / "registry.db")
+    await wal.sync()
+    wal.close()
+
+
+def test_the_server_connection_commits_without_waiting_for_the_disk(tmp_path: Path) -> None:
+    assert Store(tmp_path / "a", group_commit=True).conn.execute(
+        "PRAGMA synchronous"
+    ).fetchone()[0] == 1  # NORMAL
+    assert Store(tmp_path / "b").conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
