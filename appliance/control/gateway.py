@@ -3,6 +3,12 @@
 A child authenticates with HTTP Basic, its sync token's name and password; the token's scope map
 must hold the gateway actions for the registry named in the path (its own, or on an ancestor's
 token, a descendant's). Answers are JSON; refusals are OCI-style error bodies.
+
+On a root the answers come from its hierarchy. Every authenticated call is contact (PROTOCOL.md
+§6): `activate` and `status` stamp the registry named in the path, `settings` touches it, and a
+call an ancestor relays (its token, a descendant's name) also counts for the relaying registry,
+which plainly reached the root. On a connected registry the same routes relay for its
+descendants (`relay.py`); on any other node they answer 404.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.control.hierarchy import Hierarchy, HierarchyError, settings_etag
+from appliance.control.node import CLOUD, CONNECTED
+from appliance.control.relay import Relay
 from appliance.registry.access import CREDENTIALS, basic_credentials
 from appliance.registry.context import store_of
 
 HIERARCHY = web.AppKey("hierarchy", Hierarchy)
+RELAY = web.AppKey("relay", Relay)
 PREFIX = "/gateway/v1/registries/{name}"
 CONFIG_READ, CONFIG_WRITE = "config/read", "config/write"
 MESSAGE_READ, MESSAGE_WRITE = "message/read", "message/write"
@@ -56,9 +65,14 @@ async def _authorize(request: web.Request, action: str) -> str | web.Response:
         return _error(
             403, "DENIED", f"token {token.name!r} may not {action} for connected registry {name!r}"
         )
-    if store_of(request).state("role") != "cloud":
+    if store_of(request).state("role") != CLOUD:
         return _error(404, "NAME_UNKNOWN", "this node is not a parent of connected registries")
+    request.app[HIERARCHY].touch_relaying(token.name, name)
     return name
+
+
+def _relaying(request: web.Request) -> bool:
+    return store_of(request).state("role") == CONNECTED
 
 
 async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
@@ -79,6 +93,8 @@ def _settings_response(request: web.Request, settings: dict[str, Any]) -> web.Re
 
 
 async def activate(request: web.Request) -> web.StreamResponse:
+    if _relaying(request):
+        return await request.app[RELAY].handle(request, "activate")
     name = await _authorize(request, CONFIG_WRITE)
     if isinstance(name, web.Response):
         return name
@@ -103,6 +119,8 @@ async def activate(request: web.Request) -> web.StreamResponse:
 
 
 async def deactivate(request: web.Request) -> web.StreamResponse:
+    if _relaying(request):
+        return await request.app[RELAY].handle(request, "deactivate")
     name = await _authorize(request, CONFIG_WRITE)
     if isinstance(name, web.Response):
         return name
@@ -118,6 +136,8 @@ async def deactivate(request: web.Request) -> web.StreamResponse:
 
 
 async def settings(request: web.Request) -> web.StreamResponse:
+    if _relaying(request):
+        return await request.app[RELAY].handle(request, "settings")
     name = await _authorize(request, CONFIG_READ)
     if isinstance(name, web.Response):
         return name
@@ -130,6 +150,8 @@ async def settings(request: web.Request) -> web.StreamResponse:
 
 
 async def status(request: web.Request) -> web.StreamResponse:
+    if _relaying(request):
+        return await request.app[RELAY].handle(request, "status")
     name = await _authorize(request, MESSAGE_WRITE)
     if isinstance(name, web.Response):
         return name

@@ -229,6 +229,22 @@ class GatewayClient:
     async def report_status(self, report: dict[str, Any]) -> None:
         await self._call("PUT", "status", report)
 
+    async def forward(
+        self,
+        method: str,
+        registry: str,
+        action: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, CIMultiDict[str], bytes]:
+        """One call for `registry` (a descendant this node relays for, PROTOCOL.md §5), made
+        with this node's credential; the parent's answer as it is, refusals included.
+        ParentUnreachable when no parent answered."""
+        sent = dict(headers or {})
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        return await self._request(method, registry, action, data=data, headers=sent)
+
     async def _call(
         self,
         method: str,
@@ -236,14 +252,30 @@ class GatewayClient:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, CIMultiDict[str], bytes]:
+        status, answer, data = await self._request(
+            method, self.registry_name, action, body=body, headers=headers
+        )
+        if status >= 400:
+            raise _refusal(status, data, self.endpoint, action)
+        return status, answer, data
+
+    async def _request(
+        self,
+        method: str,
+        registry: str,
+        action: str,
+        body: dict[str, Any] | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, CIMultiDict[str], bytes]:
         if self._session is None:
             raise RuntimeError("use GatewayClient as `async with`")
-        url = f"{self.base_url}/gateway/v1/registries/{self.registry_name}/{action}"
+        url = f"{self.base_url}/gateway/v1/registries/{registry}/{action}"
         try:
             async with self._session.request(
-                method, url, json=body, headers=headers, ssl=self._ssl
+                method, url, json=body, data=data, headers=headers, ssl=self._ssl
             ) as response:
-                data = await response.read()
+                answer_data = await response.read()
                 status, answer = response.status, response.headers.copy()
         except aiohttp.ClientConnectorCertificateError as err:
             raise _untrusted(self.endpoint, err.certificate_error) from None
@@ -251,9 +283,7 @@ class GatewayClient:
             raise _untrusted(self.endpoint, err) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
             raise ParentUnreachable(self.endpoint, _reason(err)) from None
-        if status >= 400:
-            raise _refusal(status, data, self.endpoint, action)
-        return status, answer, data
+        return status, answer, answer_data
 
 
 def _json_object(data: bytes, endpoint: str) -> dict[str, Any]:

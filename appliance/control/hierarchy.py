@@ -602,6 +602,15 @@ class Hierarchy:
             (_now(), name),
         )
 
+    def touch_relaying(self, token: str, name: str) -> None:
+        """A call for `name` made with another registry's sync token (an ancestor relaying):
+        contact from that registry too, if it is active."""
+        self.conn.execute(
+            "UPDATE connected_registries SET last_activity_time = ? WHERE sync_token = ? "
+            "AND lower(name) != lower(?) AND activation_status = ?",
+            (_now(), token, name, ACTIVE),
+        )
+
     # -- the settings a device receives ---------------------------------------------------------
 
     def settings(self, name: str) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from appliance.auth.bearer import TokenAuthority, load_or_create_key
 from appliance.auth.tokens import Credentials
 from appliance.config import Config
 from appliance.control import gateway, management
-from appliance.control.gateway import HIERARCHY
+from appliance.control.gateway import HIERARCHY, RELAY
 from appliance.control.hierarchy import Hierarchy, offline_after_from
+from appliance.control.relay import Relay
 from appliance.registry import blobs, listing, manifests, token, uploads
 from appliance.registry.access import AUTH, AUTHORITY, CREDENTIALS, AuthSettings, access_control
 from appliance.registry.context import LOGIN, STORE, requires
@@ -93,11 +94,15 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
             max_client_tokens=config.limits.client_tokens,
             offline_after=offline_after_from(config.offline_after),
         )
+        app[RELAY] = Relay(store, app[CREDENTIALS])
         purge = asyncio.create_task(_purge_abandoned_uploads(store, upload_max_age))
+        flush = asyncio.create_task(app[RELAY].run())
         yield
-        purge.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purge
+        for task in (purge, flush):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await app[RELAY].close()
         store.close()
 
     app.cleanup_ctx.append(store_context)
