@@ -16,6 +16,7 @@ from appliance.cli.cloud import cloud
 from appliance.cli.scope_maps import scope_map
 from appliance.cli.serve import serve
 from appliance.cli.status import status
+from appliance.cli.sync import sync
 from appliance.cli.system import system
 from appliance.cli.tls import tls
 from appliance.cli.tokens import token
@@ -35,6 +36,7 @@ cli.add_command(cloud)
 cli.add_command(activate)
 cli.add_command(deactivate)
 cli.add_command(status)
+cli.add_command(sync)
 cli.add_command(system)
 
 

@@ -122,3 +122,13 @@ class RepositoryOption(click.Option):
             process((value, *actions), state)
 
         handler.process = take_actions
+
+
+def human_size(count: int) -> str:
+    """Bytes for people: 1.5 GiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -17,7 +17,7 @@ import click
 
 from appliance.auth.tokens import Credentials
 from appliance.cli.options import load, node_options, open_store
-from appliance.cli.output import emit, format_fields, format_table, output_option
+from appliance.cli.output import emit, format_fields, format_table, human_size, output_option
 from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.control.node import CLOUD, CONNECTED, NodeState
 from appliance.storage.layout import Layout
@@ -80,15 +80,6 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
     return status
 
 
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _table(status: dict[str, Any]) -> str:
     role = status["role"]
     fields = [("Role", role)]
@@ -108,8 +99,8 @@ def _table(status: dict[str, Any]) -> str:
     storage = status["storage"]
     fields += [
         ("Data", status["dataDir"]),
-        ("Blobs", f"{storage['blobs']} ({_size(storage['blobBytes'])})"),
-        ("Free space", _size(storage["freeBytes"])),
+        ("Blobs", f"{storage['blobs']} ({human_size(storage['blobBytes'])})"),
+        ("Free space", human_size(storage["freeBytes"])),
         ("Repositories", str(status["repositories"])),
         ("Tags", str(status["tags"])),
     ]
@@ -162,4 +153,3 @@ def status(config_path: Path | None, data_dir: Path | None, output: str) -> None
     finally:
         store.close()
     emit(output, document, lambda: _table(document))
-

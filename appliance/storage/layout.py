@@ -5,6 +5,7 @@
                                    outbox, change feed, node state
       blobs/sha256/<ab>/<abcd…>    content-addressed blob files, named by their full hex digest
       uploads/<session id>         the bytes received so far for one upload session
+      sync.lock                    flock held by the one running sync
       tls/                         public half of `tls generate`, 0644 each
         ca.crt                     the CA clients trust (its fingerprint goes in connection strings)
         server.crt                 the serving certificate, signed by that CA
@@ -37,6 +38,7 @@ class Layout:
         self.uploads = root / "uploads"
         self.secrets = root / "secrets"
         self.token_signing_key = self.secrets / "token-signing-key.pem"
+        self.sync_lock = root / "sync.lock"
         self.tls = root / "tls"
         self.tls_ca_cert = self.tls / "ca.crt"
         self.tls_server_cert = self.tls / "server.crt"

@@ -169,6 +169,15 @@ class Store:
             last,
         )
 
+    def tag_origin(self, repository: str, tag: str) -> Origin | None:
+        """Who last moved the tag (sync leaves a tag changed on this node alone)."""
+        row = self.conn.execute(
+            "SELECT t.origin FROM tags t JOIN repositories r ON r.id = t.repository_id "
+            "WHERE r.name = ? AND t.name = ?",
+            (repository, tag),
+        ).fetchone()
+        return Origin(row[0]) if row else None
+
     def repositories(self, limit: int | None, last: str | None) -> tuple[list[str], bool]:
         return self._page(
             "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",

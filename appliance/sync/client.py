@@ -1,0 +1,444 @@
+"""The one OCI distribution client every upstream is reached with: our own parent (its sync
+token) and plain registries (CNCF distribution, Harbor, cloud registries).
+
+What a caller may rely on:
+- Authentication: anonymous, then whatever the registry's `WWW-Authenticate` asks for — Basic
+  with the configured credentials, or Docker's Bearer flow (token from the realm, with Basic
+  credentials when there are some, cached per scope). Once a Bearer realm is known, tokens for
+  new scopes are fetched before the request, so each repository costs no extra 401 round trip.
+- Transport: HTTPS verified against the given CA (PEM) or the system store; `HTTPS_PROXY` /
+  `NO_PROXY` honoured (`trust_env`); connection errors, timeouts, 429 and 5xx retried with
+  exponential backoff and jitter, a bounded number of times, then `UpstreamUnreachable`.
+- Integrity: a manifest fetched by digest is checked against that digest, one fetched by tag
+  against `Docker-Content-Digest` when the registry sends it. Blobs are streamed unverified: the
+  store verifies them as they are written (`Store.finish_upload`), so nothing bad is stored.
+- A blob stream interrupted mid-body continues with `Range` from the bytes already yielded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import ssl
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+
+from appliance.oci.digests import Digest
+from appliance.oci.errors import OCIError
+from appliance.oci.manifests import MANIFEST_TYPES
+
+CHUNK = 1024 * 1024
+TRIES = 5
+BACKOFF_BASE = 0.25
+BACKOFF_MAX = 8.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# No total limit: a multi-GiB blob may take an hour on a slow link; a stalled one may not.
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=60)
+ACCEPT_MANIFESTS = ", ".join(sorted(MANIFEST_TYPES))
+UNTRUSTED_UPSTREAM = "UNTRUSTED_UPSTREAM"
+UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
+
+
+class RegistryError(Exception):
+    """The upstream refused (its OCI error code and message) or answered nonsense."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class UpstreamUnreachable(RegistryError):
+    """No usable answer after every retry: refused connections, DNS, timeouts, 5xx."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(UPSTREAM_UNREACHABLE, f"cannot reach {endpoint}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedManifest:
+    body: bytes
+    media_type: str
+    digest: Digest
+
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="…",service="…",scope="…"` → ("bearer", {realm, service, scope})."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
+
+
+def next_link(header: str | None, base: str) -> str | None:
+    """The absolute URL of a `Link: <…>; rel="next"` header, if any."""
+    if not header:
+        return None
+    for part in header.split(","):
+        url, _, params = part.partition(";")
+        if 'rel="next"' in params.replace(" ", "") or "rel=next" in params.replace(" ", ""):
+            return urljoin(base, url.strip().strip("<>"))
+    return None
+
+
+class RegistryClient:
+    """One upstream registry. Use as `async with`; `requests` counts every HTTP request sent."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str | None = None,
+        password: str | None = None,
+        ca_pem: bytes | None = None,
+        tries: int = TRIES,
+        timeout: aiohttp.ClientTimeout = TIMEOUT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.endpoint = self.base_url.split("://", 1)[-1]
+        self._basic = (
+            aiohttp.encode_basic_auth(username, password or "") if username is not None else None
+        )
+        self._ssl: ssl.SSLContext | bool = True
+        if self.base_url.startswith("https://"):
+            self._ssl = (
+                ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+                if ca_pem is not None
+                else ssl.create_default_context()
+            )
+        self._tries = tries
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._tokens: dict[str, str] = {}
+        self._realm: dict[str, str] | None = None
+        self._use_basic = False
+        self.requests = 0
+
+    async def __aenter__(self) -> RegistryClient:
+        # trust_env: HTTPS_PROXY / NO_PROXY, as sites that reach the cloud through a proxy need.
+        self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=True)
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """GET /v2/: proves the upstream answers and our credentials are accepted."""
+        async with await self._send("GET", f"{self.base_url}/v2/", "") as response:
+            if response.status != 200:
+                raise await _refusal(response, "/v2/")
+
+    async def list_tags(self, name: str) -> list[str]:
+        """Every tag of `name`, following `Link` pagination; [] if the repository is unknown."""
+        tags: list[str] = []
+        url: str | None = f"{self.base_url}/v2/{name}/tags/list?n=1000"
+        seen: set[str] = set()
+        while url is not None and url not in seen:
+            seen.add(url)
+            async with await self._send("GET", url, _pull(name)) as response:
+                if response.status == 404:
+                    return []
+                if response.status != 200:
+                    raise await _refusal(response, f"tags of {name}")
+                page = await _json(response)
+                tags += page.get("tags") or []
+                url = next_link(response.headers.get("Link"), url)
+        return tags
+
+    async def catalog(self) -> list[str] | None:
+        """Every repository the upstream lists to us, or None if it offers no `_catalog`."""
+        names: list[str] = []
+        url: str | None = f"{self.base_url}/v2/_catalog?n=1000"
+        seen: set[str] = set()
+        while url is not None and url not in seen:
+            seen.add(url)
+            try:
+                response = await self._send("GET", url, "registry:catalog:*")
+            except RegistryError as err:
+                if err.status in (401, 403):
+                    return None
+                raise
+            async with response:
+                if response.status in (401, 403, 404, 405):
+                    return None
+                if response.status != 200:
+                    raise await _refusal(response, "_catalog")
+                names += (await _json(response)).get("repositories") or []
+                url = next_link(response.headers.get("Link"), url)
+        return names
+
+    async def head_manifest(self, name: str, reference: str) -> Digest | None:
+        """The digest `reference` points at, or None if there is no such manifest."""
+        url = f"{self.base_url}/v2/{name}/manifests/{reference}"
+        headers = {"Accept": ACCEPT_MANIFESTS}
+        async with await self._send("HEAD", url, _pull(name), headers) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise await _refusal(response, f"manifest {name}:{reference}")
+            header = response.headers.get("Docker-Content-Digest")
+        if header:
+            return _digest(header, self.endpoint)
+        # A registry that does not say: the bytes do.
+        fetched = await self.get_manifest(name, reference)
+        return fetched.digest if fetched else None
+
+    async def get_manifest(self, name: str, reference: str | Digest) -> FetchedManifest | None:
+        """The manifest's exact bytes, media type and (verified) digest; None if unknown."""
+        url = f"{self.base_url}/v2/{name}/manifests/{reference}"
+        headers = {"Accept": ACCEPT_MANIFESTS}
+        async with await self._send("GET", url, _pull(name), headers) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise await _refusal(response, f"manifest {name}:{reference}")
+            body = await response.read()
+            media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+            claimed = response.headers.get("Docker-Content-Digest")
+        digest = Digest.of(body)
+        expected = reference if isinstance(reference, Digest) else None
+        if expected is None and claimed:
+            expected = _digest(claimed, self.endpoint)
+        if expected is not None and digest != expected:
+            raise RegistryError(
+                "DIGEST_INVALID",
+                f"{self.endpoint} sent manifest {name}:{reference} with digest {digest}, "
+                f"not {expected}",
+            )
+        return FetchedManifest(body, media_type, digest)
+
+    async def blob_chunks(
+        self, name: str, digest: Digest, start: int = 0
+    ) -> AsyncGenerator[bytes, None]:
+        """The blob's bytes from `start` on, in chunks as they arrive. A connection lost
+        mid-body is picked up again with `Range` (bounded retries)."""
+        url = f"{self.base_url}/v2/{name}/blobs/{digest}"
+        offset, failures = start, 0
+        while True:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            try:
+                async with await self._send("GET", url, _pull(name), headers) as response:
+                    if response.status == 416 and offset:
+                        return  # nothing after `offset`: the blob was complete
+                    expected_status = 206 if offset else 200
+                    if response.status != expected_status:
+                        if offset and response.status == 200:
+                            raise RegistryError(
+                                "RANGE_UNSUPPORTED",
+                                f"{self.endpoint} ignored Range for blob {digest}",
+                            )
+                        raise await _refusal(response, f"blob {name}@{digest}")
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        offset += len(chunk)
+                        yield chunk
+                    return
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as err:
+                failures += 1
+                if failures >= self._tries:
+                    raise UpstreamUnreachable(self.endpoint, _reason(err)) from None
+                await _backoff(failures)
+
+    async def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
+        """Descriptors of the manifests whose subject is `subject`. Registries without the
+        referrers API are asked for the OCI fallback tag (`sha256-<hex>`); [] if neither."""
+        url = f"{self.base_url}/v2/{name}/referrers/{subject}"
+        headers = {"Accept": "application/vnd.oci.image.index.v1+json"}
+        async with await self._send("GET", url, _pull(name), headers) as response:
+            if response.status == 200:
+                return _descriptors(await _json(response))
+            if response.status not in (404, 405, 400):
+                raise await _refusal(response, f"referrers of {name}@{subject}")
+        fallback = await self.get_manifest(name, f"sha256-{subject.hex}")
+        if fallback is None:
+            return []
+        try:
+            return _descriptors(json.loads(fallback.body))
+        except ValueError:
+            return []
+
+    # -- transport -------------------------------------------------------------------------
+
+    async def _send(
+        self, method: str, url: str, scope: str, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        """One request with auth and retries; the caller reads and releases the response."""
+        if self._session is None:
+            raise RuntimeError("use RegistryClient as `async with`")
+        attempt, challenged = 0, False
+        while True:
+            sent = dict(headers or {})
+            authorization = await self._authorization(scope)
+            if authorization:
+                sent["Authorization"] = authorization
+            try:
+                response = await self._session.request(method, url, headers=sent, ssl=self._ssl)
+            except aiohttp.ClientConnectorCertificateError as err:
+                raise _untrusted(self.endpoint, err.certificate_error) from None
+            except aiohttp.ClientSSLError as err:
+                raise _untrusted(self.endpoint, err) from None
+            except (aiohttp.ClientConnectionError, TimeoutError) as err:
+                attempt += 1
+                if attempt >= self._tries:
+                    raise UpstreamUnreachable(self.endpoint, _reason(err)) from None
+                await _backoff(attempt)
+                continue
+            finally:
+                self.requests += 1
+            if response.status == 401 and not challenged:
+                challenged = True
+                header = response.headers.get("WWW-Authenticate", "")
+                response.release()
+                if await self._answer_challenge(header, scope):
+                    continue
+                raise RegistryError(
+                    "UNAUTHORIZED",
+                    f"{self.endpoint} refused our credentials for {scope or url}",
+                    401,
+                )
+            if response.status in RETRY_STATUSES:
+                attempt += 1
+                if attempt < self._tries:
+                    response.release()
+                    await _backoff(attempt, response.headers.get("Retry-After"))
+                    continue
+                response.release()
+                raise UpstreamUnreachable(
+                    self.endpoint, f"answered {response.status} {attempt} times to {method} {url}"
+                )
+            return response
+
+    async def _authorization(self, scope: str) -> str | None:
+        if self._use_basic:
+            return self._basic
+        token = self._tokens.get(scope)
+        if token is None and self._realm is not None:
+            token = await self._fetch_token(self._realm, scope)
+        return token
+
+    async def _answer_challenge(self, header: str, scope: str) -> bool:
+        """Prepare credentials for a retry after a 401; False when there is nothing to try."""
+        scheme, params = parse_challenge(header)
+        if scheme == "basic":
+            if self._basic is None or self._use_basic:
+                return False
+            self._use_basic = True
+            return True
+        if scheme == "bearer" and params.get("realm"):
+            self._realm = {"realm": params["realm"], "service": params.get("service", "")}
+            self._tokens.pop(scope, None)
+            await self._fetch_token(self._realm, scope, params.get("scope"))
+            return True
+        return False
+
+    async def _fetch_token(
+        self, realm: dict[str, str], scope: str, asked: str | None = None
+    ) -> str:
+        assert self._session is not None
+        query = {"service": realm["service"]} if realm["service"] else {}
+        if asked or scope:
+            query["scope"] = asked or scope
+        headers = {"Authorization": self._basic} if self._basic else {}
+        try:
+            async with self._session.get(
+                realm["realm"], params=query, headers=headers, ssl=self._ssl
+            ) as response:
+                self.requests += 1
+                if response.status != 200:
+                    raise RegistryError(
+                        "UNAUTHORIZED",
+                        f"the token service {realm['realm']} answered {response.status}",
+                        response.status,
+                    )
+                document = await _json(response)
+        except aiohttp.ClientSSLError as err:
+            raise _untrusted(self.endpoint, err) from None
+        except (aiohttp.ClientConnectionError, TimeoutError) as err:
+            raise UpstreamUnreachable(realm["realm"], _reason(err)) from None
+        token = document.get("token") or document.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise RegistryError("UNAUTHORIZED", f"the token service {realm['realm']} sent no token")
+        self._tokens[scope] = f"Bearer {token}"
+        return self._tokens[scope]
+
+
+def _pull(name: str) -> str:
+    return f"repository:{name}:pull"
+
+
+async def _backoff(attempt: int, retry_after: str | None = None) -> None:
+    """Exponential with full jitter, so many devices coming back online do not retry in step."""
+    delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
+    if retry_after and retry_after.isdigit():
+        delay = max(delay, min(float(retry_after), BACKOFF_MAX))
+    await asyncio.sleep(delay)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return err.strerror or str(err.os_error) or type(err).__name__
+    return str(err) or type(err).__name__
+
+
+def _untrusted(endpoint: str, err: BaseException) -> RegistryError:
+    return RegistryError(
+        UNTRUSTED_UPSTREAM, f"the certificate of {endpoint} is not trusted ({err}); give a CA file"
+    )
+
+
+def _digest(text: str, endpoint: str) -> Digest:
+    try:
+        return Digest.parse(text.strip())
+    except OCIError:
+        raise RegistryError(
+            "UNEXPECTED_RESPONSE", f"{endpoint} sent digest {text[:100]!r}"
+        ) from None
+
+
+def _descriptors(document: dict[str, Any]) -> list[dict[str, Any]]:
+    manifests = document.get("manifests")
+    if not isinstance(manifests, list):
+        return []
+    return [m for m in manifests if isinstance(m, dict) and isinstance(m.get("digest"), str)]
+
+
+async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        value = json.loads(await response.read())
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise RegistryError("UNEXPECTED_RESPONSE", f"{response.url} sent no JSON object")
+    return value
+
+
+async def _refusal(response: aiohttp.ClientResponse, what: str) -> RegistryError:
+    """The upstream's first OCI error, or its status when it sent none."""
+    data = await response.read()
+    try:
+        error = json.loads(data)["errors"][0]
+        return RegistryError(
+            str(error["code"]), f"{what}: {error.get('message', '')}", response.status
+        )
+    except (ValueError, KeyError, IndexError, TypeError):
+        return RegistryError(
+            "UNEXPECTED_RESPONSE", f"{what}: HTTP {response.status}", response.status
+        )

@@ -1,0 +1,251 @@
+"""How one repository is copied from an upstream: a full reconcile.
+
+For every upstream tag in the filter whose digest differs from the local one: the manifest tree
+is copied bottom-up — an index's children first, an image's blobs before the image — then the
+referrers of every manifest copied (signatures, SBOMs), and only then is the tag moved, so a
+tag never points at incomplete content and an image's signatures are there when its tag appears.
+Everything goes through the store's one write path with `Origin.PARENT`: blobs through an upload
+session finished with the expected digest (a lying upstream is refused there, nothing stored),
+manifests byte-exact with their expected digest.
+
+Tags the upstream no longer has (within the filter) are deleted locally: always on a ReadOnly
+node, on a ReadWrite node only if the parent put them there (a tag moved on this node is the
+node's own, for push sync to carry upward). For the same reason a ReadWrite node keeps a tag it
+moved itself when the upstream's differs (the conflict rule of PROTOCOL.md §4 is push sync's).
+
+Not here yet: resuming a blob interrupted in an earlier run (a failed transfer's session is
+dropped; within one run the client resumes with Range), new referrers of a manifest that is
+already complete locally, and removing repositories that left the scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from appliance.oci.digests import Digest
+from appliance.oci.errors import OCIError
+from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
+from appliance.storage.store import Origin, Store
+from appliance.sync.client import FetchedManifest, RegistryClient, RegistryError
+from appliance.sync.content import TagFilter
+
+# Blobs of one image fetched at once: enough to fill a link whose single streams are
+# latency-bound, few enough not to thrash a small device's disk.
+PARALLEL_BLOBS = 4
+READ_ONLY = "ReadOnly"
+
+
+@dataclass
+class Transfer:
+    """What moved (or, in a dry run, would move)."""
+
+    repositories: int = 0
+    manifests: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    mounted: int = 0
+    tags_moved: int = 0
+    tags_deleted: int = 0
+    tags_kept: list[str] = field(default_factory=list)
+
+    def add(self, other: Transfer) -> None:
+        self.repositories += other.repositories
+        self.manifests += other.manifests
+        self.blobs += other.blobs
+        self.bytes += other.bytes
+        self.mounted += other.mounted
+        self.tags_moved += other.tags_moved
+        self.tags_deleted += other.tags_deleted
+        self.tags_kept += other.tags_kept
+
+
+class RepositoryCopy:
+    """One full reconcile of `repository` from `client` into `store`."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        store: Store,
+        repository: str,
+        tag_filter: TagFilter,
+        mode: str,
+        dry_run: bool = False,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.repository = repository
+        self.tag_filter = tag_filter
+        self.read_only = mode == READ_ONLY
+        self.dry_run = dry_run
+        self.transfer = Transfer()
+        # Copied (or, dry, counted) in this run: an index's children and referrers often repeat.
+        self._done: dict[Digest, FetchedManifest] = {}
+        self._blobs_done: set[Digest] = set()
+        self._blob_slots = asyncio.Semaphore(PARALLEL_BLOBS)
+
+    async def reconcile(self) -> Transfer:
+        name = self.repository
+        upstream_tags = [t for t in await self.client.list_tags(name) if self.tag_filter(t)]
+        for tag in sorted(upstream_tags):
+            digest = await self.client.head_manifest(name, tag)
+            if digest is None:
+                continue  # deleted between the list and the HEAD
+            local = self.store.manifest(name, tag)
+            if local is not None and local.digest == str(digest):
+                continue
+            if local is not None and not self._may_change(tag):
+                self.transfer.tags_kept.append(f"{name}:{tag}")
+                continue
+            fetched = await self._copy_manifest(digest)
+            await self._copy_referrers(digest)
+            self._move_tag(tag, fetched)
+        self._delete_tags_gone_upstream(set(upstream_tags))
+        if self.transfer.manifests or self.transfer.tags_moved or self.transfer.tags_deleted:
+            self.transfer.repositories = 1
+        return self.transfer
+
+    def _may_change(self, tag: str) -> bool:
+        return self.read_only or self.store.tag_origin(self.repository, tag) is Origin.PARENT
+
+    # -- manifests -------------------------------------------------------------------------
+
+    async def _copy_manifest(self, digest: Digest) -> FetchedManifest:
+        """Copy the manifest and everything it references; its bytes, as stored."""
+        if digest in self._done:
+            return self._done[digest]
+        local = self.store.manifest(self.repository, digest)
+        if local is not None:
+            return FetchedManifest(local.content, local.media_type, digest)
+        fetched = await self.client.get_manifest(self.repository, digest)
+        if fetched is None:
+            raise RegistryError(
+                "MANIFEST_UNKNOWN",
+                f"{self.client.endpoint} lists {self.repository}@{digest} but does not serve it",
+            )
+        parsed = parse_manifest(fetched.body, fetched.media_type)
+        for child in parsed.manifests:
+            await self._copy_manifest(child.digest)
+        await asyncio.gather(*(self._copy_blob(d) for d in _unique(required_blobs(parsed))))
+        if not self.dry_run:
+            self.store.put_manifest(
+                self.repository,
+                fetched.body,
+                fetched.media_type,
+                [],
+                expected=digest,
+                origin=Origin.PARENT,
+            )
+            await self.store.flush()
+        self._done[digest] = fetched
+        self.transfer.manifests += 1
+        return fetched
+
+    async def _copy_referrers(self, subject: Digest) -> None:
+        """Referrers of `subject` and of its index children, each copied with its own tree."""
+        pending, seen = [subject], set()
+        while pending:
+            digest = pending.pop()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            local = self.store.manifest(self.repository, digest)
+            if local is not None:
+                pending += [
+                    d.digest for d in parse_manifest(local.content, local.media_type).manifests
+                ]
+            for descriptor in await self.client.referrers(self.repository, digest):
+                try:
+                    referrer = Digest.parse(descriptor["digest"])
+                except OCIError:
+                    continue
+                await self._copy_manifest(referrer)
+                pending.append(referrer)  # signatures of signatures
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def _copy_blob(self, descriptor: Descriptor) -> None:
+        digest = descriptor.digest
+        if digest in self._blobs_done or self.store.blob_size(self.repository, digest) is not None:
+            return
+        self._blobs_done.add(digest)
+        # Already on disk for another repository: a link, not a download.
+        for other in self.store.repositories_with_blob(digest):
+            if self.dry_run or self.store.mount_blob(self.repository, digest, other):
+                self.transfer.mounted += 1
+                return
+        if self.dry_run:
+            self.transfer.blobs += 1
+            self.transfer.bytes += descriptor.size
+            return
+        async with self._blob_slots:
+            session = self.store.uploads.create(self.repository)
+            chunks = self.client.blob_chunks(self.repository, digest)
+            counted = _Counted(chunks, descriptor.size)
+            try:
+                await self.store.finish_upload(session, digest, counted, origin=Origin.PARENT)
+            except BaseException:
+                # Its bytes can never be trusted now; the store already dropped it on a mismatch.
+                with contextlib.suppress(OSError):
+                    self.store.uploads.cancel(session)
+                raise
+            finally:
+                await chunks.aclose()
+        self.transfer.blobs += 1
+        self.transfer.bytes += counted.size
+
+    # -- tags ------------------------------------------------------------------------------
+
+    def _move_tag(self, tag: str, fetched: FetchedManifest) -> None:
+        if not self.dry_run:
+            self.store.put_manifest(
+                self.repository,
+                fetched.body,
+                fetched.media_type,
+                [tag],
+                expected=fetched.digest,
+                origin=Origin.PARENT,
+            )
+        self.transfer.tags_moved += 1
+
+    def _delete_tags_gone_upstream(self, upstream: set[str]) -> None:
+        if self.store.repository_id(self.repository) is None:
+            return
+        local, _ = self.store.tags(self.repository, None, None)
+        for tag in local:
+            if tag in upstream or not self.tag_filter(tag) or not self._may_change(tag):
+                continue
+            if not self.dry_run:
+                self.store.delete_tag(self.repository, tag, origin=Origin.PARENT)
+            self.transfer.tags_deleted += 1
+
+
+class _Counted:
+    """A blob stream that counts its bytes and stops an upstream that sends more than the
+    descriptor's size (it cannot be the blob, and it must not fill the disk)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], limit: int) -> None:
+        self._chunks = chunks
+        self._limit = limit
+        self.size = 0
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await anext(self._chunks)
+        self.size += len(chunk)
+        if self.size > self._limit:
+            raise RegistryError(
+                "SIZE_INVALID", f"the upstream sent more than the {self._limit} bytes described"
+            )
+        return chunk
+
+
+def _unique(descriptors: list[Descriptor]) -> list[Descriptor]:
+    seen: dict[Digest, Descriptor] = {}
+    for d in descriptors:
+        seen.setdefault(d.digest, d)
+    return list(seen.values())

@@ -1,0 +1,113 @@
+"""What the sync tests share: Debian's `docker-registry` (CNCF distribution) as a plain
+upstream with htpasswd Basic auth, the `sync` command in a child process, and pushing with Basic
+credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import aiohttp
+
+DOCKER_REGISTRY = "/usr/bin/docker-registry"
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """A bcrypt htpasswd line (distribution accepts only bcrypt), from libcrypt through the
+    standard library: no extra package for CI."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2**5))}"
+
+
+class DistributionRegistry:
+    """`docker-registry serve` on loopback with filesystem storage and deletes enabled."""
+
+    def __init__(self, folder: Path, user: str | None = None, password: str | None = None):
+        self.folder = folder
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        auth = ""
+        if user is not None and password is not None:
+            (folder / "htpasswd").write_text(htpasswd_line(user, password) + "\n")
+            auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {folder / 'htpasswd'}\n"
+        (folder / "config.yml").write_text(
+            "version: 0.1\n"
+            "log:\n  level: error\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {folder / 'storage'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> DistributionRegistry:
+        log = open(self.folder / "registry.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [DOCKER_REGISTRY, "serve", str(self.folder / "config.yml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.folder / "registry.log").read_text())
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("docker-registry did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_sync(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`connected-registry sync ARGS` in a child process, as the timer runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "sync", *args],
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def sync_json(*args: str) -> dict:
+    result = run_sync(*args, "--output", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+async def get(session: aiohttp.ClientSession, url: str, accept: str = "*/*") -> tuple[bytes, dict]:
+    async with session.get(url, headers={"Accept": accept}) as response:
+        assert response.status == 200, (url, response.status, await response.text())
+        return await response.read(), dict(response.headers)

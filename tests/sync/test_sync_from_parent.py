@@ -1,0 +1,88 @@
+"""An activated device syncs from its own root: real root process (auth on, loopback HTTP), a
+real `activate`, content pushed to the root by a client token, `sync` on the device's data
+directory, and the device's own server then serving the same bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from control.test_activation import Root, activate, make_root, node_state
+from oci import OCI_MANIFEST, digest_of, make_image, push_image
+from sync_helpers import get, run_sync, sync_json
+
+from appliance.auth.scopes import PUSH, Permission
+
+PUSH_AND_LIST = PUSH | {"metadata/read"}
+
+
+@pytest.fixture
+def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
+    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
+    yield made
+    made.store.close()
+
+
+def pusher(root: Root) -> dict[str, str]:
+    root.credentials.create_scope_map("demo-push", (Permission("demo/*", PUSH_AND_LIST),))
+    _, passwords = root.credentials.create_token("pusher", "demo-push")
+    return {"Authorization": aiohttp.encode_basic_auth("pusher", passwords["password1"])}
+
+
+async def test_a_device_replicates_what_was_pushed_to_its_root(
+    root: Root, tmp_path: Path, start_registry: Callable
+) -> None:
+    password = root.create("edge01", ["demo/*"], mode="ReadOnly", client_tokens=["client01"])
+    device = tmp_path / "device"
+    activated = await asyncio.to_thread(activate, device, root.connection("edge01", password))
+    assert activated.returncode == 0, activated.stderr
+    image = make_image("from-the-root", layers=3)
+    async with aiohttp.ClientSession(headers=pusher(root)) as http:
+        await push_image(http, root.server.url, "demo/app", image, "v1")
+
+    report = await asyncio.to_thread(sync_json, "--data-dir", str(device))
+
+    assert report["sources"][0]["source"] == f"parent {root.server.host}"
+    assert report["sources"][0]["errors"] == []
+    assert report["total"]["manifests"] == 1
+    assert report["total"]["blobs"] == len(image.blobs)
+    assert report["total"]["bytes"] == sum(len(b) for b in image.blobs)
+    state = node_state(device)
+    assert state["connection_state"] == "Online"
+    assert state["last_sync_time"].endswith("Z")
+
+    served = start_registry(data_dir=device, args=["--auth", "--insecure-http"])
+    client = {"Authorization": aiohttp.encode_basic_auth("client01", root.client_password)}
+    async with aiohttp.ClientSession(headers=client) as http:
+        body, headers = await get(http, f"{served.url}/v2/demo/app/manifests/v1", OCI_MANIFEST)
+        assert body == image.manifest
+        assert headers["Docker-Content-Digest"] == image.digest
+        for blob in image.blobs:
+            body, _ = await get(http, f"{served.url}/v2/demo/app/blobs/{digest_of(blob)}")
+            assert body == blob
+
+    again = await asyncio.to_thread(sync_json, "--data-dir", str(device))
+    assert again["total"]["manifests"] == again["total"]["bytes"] == 0
+
+
+async def test_an_unreachable_parent_is_reported_and_recorded_offline(
+    root: Root, tmp_path: Path
+) -> None:
+    password = root.create("edge01", ["demo/app"], mode="ReadOnly")
+    device = tmp_path / "device"
+    activated = await asyncio.to_thread(activate, device, root.connection("edge01", password))
+    assert activated.returncode == 0, activated.stderr
+    root.server.stop()
+
+    result = await asyncio.to_thread(run_sync, "--data-dir", str(device))
+
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert line.startswith(f"Error: PARENT_UNREACHABLE: cannot reach {root.server.host}")
+    assert len(line.splitlines()) == 1
+    assert node_state(device)["connection_state"] == "Offline"
+    assert json.loads(node_state(device)["settings"])["repositories"] == ["demo/app"]
