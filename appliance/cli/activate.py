@@ -309,8 +309,7 @@ def deactivate(config_path: Path | None, data_dir: Path | None, yes: bool, force
     if not yes:
         if not _interactive():
             raise click.ClickException(
-                "refusing to deactivate without confirmation and no terminal to ask on: "
-                "pass --yes"
+                "refusing to deactivate without confirmation and no terminal to ask on: pass --yes"
             )
         click.confirm(
             f"Deactivate {state.get('name')} (parent {state.get('parent_endpoint')})?", abort=True
