@@ -9,6 +9,7 @@ may still be going, which is not a failure.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -18,7 +19,10 @@ from appliance.cli.output import emit, format_fields, human_size, output_option
 from appliance.sync.run import AlreadyRunning, SyncError, SyncReport, run_sync, sync_lock
 
 
-def _table(report: SyncReport) -> str:
+def _table(report: SyncReport, in_window: bool = False) -> str:
+    window = report.window
+    if window is not None and not window.open and not in_window:
+        return _closed(report)
     total = report.total
     verb = "Would move" if report.dry_run else "Moved"
     rate = total.bytes / report.seconds if report.seconds > 0 else 0.0
@@ -37,10 +41,28 @@ def _table(report: SyncReport) -> str:
             ]
         )
     ]
+    if window is not None and window.closes_at is not None:
+        lines.append(f"The sync window closes at {_stamp(window.closes_at)}.")
     for source in report.sources:
         lines += [f"warning: {source.source}: {w}" for w in source.warnings]
         lines += [f"kept (changed on this node): {t}" for t in source.transfer.tags_kept]
     return "\n".join(lines)
+
+
+def _stamp(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+
+def _closed(report: SyncReport) -> str:
+    """Outside the window: nothing moved from the parent, and when it will."""
+    assert report.window is not None
+    line = (
+        "Outside the sync window: nothing moves from the parent now. "
+        f"The next window opens at {_stamp(report.window.opens_at)}."
+    )
+    if all(source.feed == "closed" for source in report.sources):
+        return line
+    return line + "\n" + _table(report, in_window=True)
 
 
 @click.command()
@@ -50,8 +72,14 @@ def _table(report: SyncReport) -> str:
 def sync(config_path: Path | None, data_dir: Path | None, dry_run: bool, output: str) -> None:
     """Copy what changed from the parent and the config's [[upstream]] registries, now.
 
-    Exits 0 when everything in scope is in sync (or another sync is already running), 1 with
-    the first error otherwise.
+    The parent's settings are fetched first (tokens, repositories, schedule, window, TTL and
+    log level take effect in this run); outside the parent's sync window nothing moves from it
+    and the command says when the next window opens. A run that reaches the end of its window
+    stops between blobs and repositories, keeping what was copied. Status goes to the parent
+    at the end.
+
+    Exits 0 when everything in scope is in sync (or another sync is already running, or it is
+    outside the window, or the window closed during the run), 1 with the first error otherwise.
     """
     config = load(config_path, data_dir)
     store = open_store(config)

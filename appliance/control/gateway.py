@@ -9,27 +9,51 @@ On a root the answers come from its hierarchy. Every authenticated call is conta
 call an ancestor relays (its token, a descendant's name) also counts for the relaying registry,
 which plainly reached the root. On a connected registry the same routes relay for its
 descendants (`relay.py`); on any other node they answer 404.
+
+The change feed (`changes`, PROTOCOL.md §3) is answered on a root only: a middle node answers
+501 `UNSUPPORTED` for now (serving it from its own content while relaying is still to do), and a
+child that gets no feed falls back to a full reconcile. The feed is the `changes` table, which
+the store writes for every content change; rows older than the longest `messageTtl` of the
+hierarchy are pruned at startup and hourly (`prune_changes`), always keeping the newest row so
+that sequence numbers never restart (they are SQLite rowids).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from appliance import __version__
+from appliance.auth.scopes import matches
 from appliance.control.hierarchy import Hierarchy, HierarchyError, settings_etag
 from appliance.control.node import CLOUD, CONNECTED
 from appliance.control.relay import Relay
+from appliance.control.schedule import DEFAULT_TTL, ScheduleError, parse_duration
 from appliance.registry.access import CREDENTIALS, basic_credentials
 from appliance.registry.context import store_of
+from appliance.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 HIERARCHY = web.AppKey("hierarchy", Hierarchy)
 RELAY = web.AppKey("relay", Relay)
 PREFIX = "/gateway/v1/registries/{name}"
 CONFIG_READ, CONFIG_WRITE = "config/read", "config/write"
 MESSAGE_READ, MESSAGE_WRITE = "message/read", "message/write"
+# The change feed: changes per answer, the longest long poll, how often it looks, and how many
+# rows one answer scans at most (out-of-scope rows are skipped, not returned).
+CHANGES_PAGE = 1000
+MAX_WAIT = 30.0
+POLL_EVERY = 0.5
+MAX_SCANNED = 20 * CHANGES_PAGE
+PRUNE_EVERY = 3600.0
 
 
 def _error(status: int, code: str, message: str, detail: Any = None) -> web.Response:
@@ -165,6 +189,116 @@ async def status(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+def read_changes(conn: sqlite3.Connection, scope: tuple[str, ...], cursor: int) -> dict[str, Any]:
+    """The feed after `cursor` for a child whose repositories are `scope` (names or patterns).
+
+    `reset` when the child must reconcile fully: a first call (cursor 0), a cursor older than
+    the oldest row kept, or one ahead of the newest (this root's database was replaced). The
+    answer's cursor is the last row looked at, so rows outside the scope are not looked at
+    again; `more` says the child should ask again at once."""
+    oldest, newest = conn.execute("SELECT min(seq), max(seq) FROM changes").fetchone()
+    current = newest or 0
+    if cursor <= 0 or cursor > current or (oldest is not None and oldest > cursor + 1):
+        return {"cursor": current, "reset": True, "changes": [], "more": False}
+    found: list[dict[str, Any]] = []
+    position = cursor
+    rows = conn.execute(
+        "SELECT seq, repository, op, tag, digest, time FROM changes WHERE seq > ? AND seq <= ? "
+        "ORDER BY seq LIMIT ?",
+        (cursor, current, MAX_SCANNED),
+    )
+    for seq, repository, op, tag, digest, moment in rows:
+        position = seq
+        if any(matches(entry, repository) for entry in scope):
+            found.append(
+                {
+                    "seq": seq,
+                    "repository": repository,
+                    "op": op,
+                    "tag": tag,
+                    "digest": digest,
+                    "time": moment,
+                }
+            )
+            if len(found) >= CHANGES_PAGE:
+                break
+    return {"cursor": position, "reset": False, "changes": found, "more": position < current}
+
+
+def _query_number(request: web.Request, key: str, default: float) -> float | None:
+    text = request.query.get(key)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 and value == value else None  # NaN is not a number here
+
+
+async def changes(request: web.Request) -> web.StreamResponse:
+    if _relaying(request):
+        return _error(
+            501,
+            "UNSUPPORTED",
+            "this connected registry does not relay the change feed yet; reconcile fully",
+        )
+    name = await _authorize(request, MESSAGE_READ)
+    if isinstance(name, web.Response):
+        return name
+    cursor = _query_number(request, "cursor", 0)
+    wait = _query_number(request, "wait", 0)
+    if cursor is None or cursor != int(cursor) or wait is None:
+        return _error(400, "UNSUPPORTED", "cursor must be a whole number and wait seconds >= 0")
+    hierarchy = request.app[HIERARCHY]
+    try:
+        hierarchy.touch(name)
+        scope = hierarchy.get(name).repositories
+    except HierarchyError as err:
+        return _refusal(err)
+    conn = store_of(request).conn
+    answer = read_changes(conn, scope, int(cursor))
+    # Long poll: hold an empty answer until a row arrives or `wait` (at most MAX_WAIT) passes.
+    # Rows are looked for every POLL_EVERY seconds; the loop is bounded by the deadline.
+    deadline = time.monotonic() + min(wait, MAX_WAIT)
+    while not answer["reset"] and not answer["changes"] and time.monotonic() < deadline:
+        await asyncio.sleep(min(POLL_EVERY, max(0.0, deadline - time.monotonic())))
+        answer = read_changes(conn, scope, int(answer["cursor"]))
+    return web.json_response(answer)
+
+
+def prune_changes(hierarchy: Hierarchy, now: datetime | None = None) -> int:
+    """Drop feed rows older than the longest messageTtl of the connected registries (the
+    default TTL when there are none); the newest row always stays. How many went."""
+    durations = [d for d in (_duration(cr.message_ttl) for cr in hierarchy.all()) if d]
+    longest = max(durations) if durations else parse_duration(DEFAULT_TTL, "message TTL")
+    cutoff = ((now or datetime.now(UTC)) - longest).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    deleted = hierarchy.conn.execute(
+        "DELETE FROM changes WHERE time < ? AND seq < (SELECT max(seq) FROM changes)", (cutoff,)
+    )
+    return deleted.rowcount
+
+
+def _duration(text: str) -> timedelta | None:
+    try:
+        return parse_duration(text, "message TTL")
+    except ScheduleError:
+        return None
+
+
+async def prune_periodically(store: Store, hierarchy: Hierarchy) -> None:
+    """At startup and every PRUNE_EVERY seconds, on a root (a service lifetime task)."""
+    while True:
+        try:
+            if store.state("role") == CLOUD:
+                removed = prune_changes(hierarchy)
+                if removed:
+                    log.info("pruned %d change feed row(s) past the message TTL", removed)
+        except Exception:  # the loop must outlive one bad round (a locked database); log why
+            log.exception("pruning the change feed failed")
+        await asyncio.sleep(PRUNE_EVERY)
+
+
 async def version(request: web.Request) -> web.StreamResponse:
     """Unauthenticated: lets a device check it reached a gateway before it sends secrets."""
     return web.json_response({"gateway": "v1", "version": __version__})
@@ -191,3 +325,4 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/deactivate", deactivate)
     r.add_get(f"{PREFIX}/settings", settings)
     r.add_put(f"{PREFIX}/status", status)
+    r.add_get(f"{PREFIX}/changes", changes)

@@ -55,6 +55,8 @@ class ParentUnreachable(GatewayError):
 
     def __init__(self, endpoint: str, reason: str) -> None:
         super().__init__(PARENT_UNREACHABLE, f"cannot reach the parent at {endpoint}: {reason}")
+        self.endpoint = endpoint
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -161,11 +163,13 @@ class GatewayClient:
         self.base_url = base_url.rstrip("/")
         self.endpoint = self.base_url.split("://", 1)[1]
         self.registry_name = registry_name
-        self._auth = aiohttp.BasicAuth(token, password)
+        self._authorization = aiohttp.encode_basic_auth(token, password)
         self._ssl: ssl.SSLContext | bool = (
             ssl_context(ca_pem) if self.base_url.startswith("https://") else False
         )
         self._session: aiohttp.ClientSession | None = None
+        # Every request sent (a sync run reports them: an idle device must cost almost none).
+        self.requests = 0
 
     @classmethod
     def for_node(cls, store: Store) -> GatewayClient:
@@ -186,7 +190,10 @@ class GatewayClient:
         )
 
     async def __aenter__(self) -> GatewayClient:
-        self._session = aiohttp.ClientSession(timeout=TIMEOUT, auth=self._auth)
+        # Sent with every request (no 401 round trip first): an idle sync counts its requests.
+        self._session = aiohttp.ClientSession(
+            timeout=TIMEOUT, headers={"Authorization": self._authorization}
+        )
         return self
 
     async def __aexit__(
@@ -229,6 +236,25 @@ class GatewayClient:
     async def report_status(self, report: dict[str, Any]) -> None:
         await self._call("PUT", "status", report)
 
+    async def changes(self, cursor: int | None, wait: float = 0) -> dict[str, Any]:
+        """One page of the parent's change feed after `cursor` (PROTOCOL.md §3):
+        `{cursor, reset, changes[{seq, repository, op, tag, digest, time}], more}`. With `wait`
+        the parent holds the answer up to that many seconds for a change."""
+        query = f"changes?cursor={cursor or 0}"
+        if wait > 0:
+            query += f"&wait={wait:g}"
+        # The long poll must not be cut by the usual 15 s total.
+        timeout = aiohttp.ClientTimeout(total=(TIMEOUT.total or 15) + wait, connect=10)
+        _, _, data = await self._call("GET", query, timeout=timeout)
+        answer = _json_object(data, self.endpoint)
+        if not isinstance(answer.get("cursor"), int) or not isinstance(
+            answer.get("changes"), list
+        ):
+            raise GatewayError(
+                "UNEXPECTED_RESPONSE", f"the parent at {self.endpoint} sent a malformed change feed"
+            )
+        return answer
+
     async def forward(
         self,
         method: str,
@@ -251,9 +277,10 @@ class GatewayClient:
         action: str,
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, CIMultiDict[str], bytes]:
         status, answer, data = await self._request(
-            method, self.registry_name, action, body=body, headers=headers
+            method, self.registry_name, action, body=body, headers=headers, timeout=timeout
         )
         if status >= 400:
             raise _refusal(status, data, self.endpoint, action)
@@ -267,13 +294,21 @@ class GatewayClient:
         body: dict[str, Any] | None = None,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, CIMultiDict[str], bytes]:
         if self._session is None:
             raise RuntimeError("use GatewayClient as `async with`")
         url = f"{self.base_url}/gateway/v1/registries/{registry}/{action}"
+        self.requests += 1
         try:
             async with self._session.request(
-                method, url, json=body, data=data, headers=headers, ssl=self._ssl
+                method,
+                url,
+                json=body,
+                data=data,
+                headers=headers,
+                ssl=self._ssl,
+                timeout=timeout or TIMEOUT,
             ) as response:
                 answer_data = await response.read()
                 status, answer = response.status, response.headers.copy()

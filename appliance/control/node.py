@@ -13,7 +13,11 @@ Keys of `node_state` (DESIGN.md §7):
   parent_fingerprint  sha256:<hex> pinned for the parent's certificate chain, if any
   sync_token          the sync token's name (its password is in secrets/sync-token, 0600)
   settings            the last settings JSON received from the parent
-  settings_etag       its ETag, for If-None-Match
+  settings_etag       its ETag, for If-None-Match (refreshed by every sync run)
+  changes_cursor      the parent's change-feed position this node has applied (sync)
+  connection_state    Online / Offline, as the last sync run found the parent
+  last_contact        when the parent last answered
+  last_sync_time      when a sync run last completed without errors
   activated_at        when activation succeeded
 """
 

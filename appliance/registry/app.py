@@ -97,8 +97,9 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
         app[RELAY] = Relay(store, app[CREDENTIALS])
         purge = asyncio.create_task(_purge_abandoned_uploads(store, upload_max_age))
         flush = asyncio.create_task(app[RELAY].run())
+        prune = asyncio.create_task(gateway.prune_periodically(store, app[HIERARCHY]))
         yield
-        for task in (purge, flush):
+        for task in (purge, flush, prune):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

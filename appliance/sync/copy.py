@@ -13,6 +13,10 @@ node, on a ReadWrite node only if the parent put them there (a tag moved on this
 node's own, for push sync to carry upward). For the same reason a ReadWrite node keeps a tag it
 moved itself when the upstream's differs (the conflict rule of PROTOCOL.md §4 is push sync's).
 
+A run has a deadline, the end of its sync window: it is checked before each tag, manifest and
+blob, so a run past its window stops between them (`WindowClosed`); blobs already under way
+finish, and a manifest whose blobs did not all arrive is not stored. What was copied stays.
+
 Not here yet: resuming a blob interrupted in an earlier run (a failed transfer's session is
 dropped; within one run the client resumes with Range), new referrers of a manifest that is
 already complete locally, and removing repositories that left the scope.
@@ -31,6 +35,7 @@ from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
 from appliance.storage.store import Origin, Store
 from appliance.sync.client import FetchedManifest, RegistryClient, RegistryError
 from appliance.sync.content import TagFilter
+from appliance.sync.schedule import NO_DEADLINE, Deadline
 
 # Blobs of one image fetched at once: enough to fill a link whose single streams are
 # latency-bound, few enough not to thrash a small device's disk.
@@ -62,6 +67,10 @@ class Transfer:
         self.tags_kept += other.tags_kept
 
 
+class WindowClosed(Exception):
+    """The sync window ended: the run stops between units of work, keeping what was copied."""
+
+
 class RepositoryCopy:
     """One full reconcile of `repository` from `client` into `store`."""
 
@@ -73,8 +82,13 @@ class RepositoryCopy:
         tag_filter: TagFilter,
         mode: str,
         dry_run: bool = False,
+        deadline: Deadline = NO_DEADLINE,
     ) -> None:
         self.client = client
+        self.deadline = deadline
+        # Set by a blob that found the window closed before it started: the manifest that
+        # needed it is then not stored (it would be incomplete) and the run stops.
+        self._stopped = False
         self.store = store
         self.repository = repository
         self.tag_filter = tag_filter
@@ -90,6 +104,7 @@ class RepositoryCopy:
         name = self.repository
         upstream_tags = [t for t in await self.client.list_tags(name) if self.tag_filter(t)]
         for tag in sorted(upstream_tags):
+            self._check_deadline()
             digest = await self.client.head_manifest(name, tag)
             if digest is None:
                 continue  # deleted between the list and the HEAD
@@ -107,6 +122,11 @@ class RepositoryCopy:
             self.transfer.repositories = 1
         return self.transfer
 
+    def _check_deadline(self) -> None:
+        if self._stopped or self.deadline.passed():
+            self._stopped = True
+            raise WindowClosed()
+
     def _may_change(self, tag: str) -> bool:
         return self.read_only or self.store.tag_origin(self.repository, tag) is Origin.PARENT
 
@@ -119,6 +139,7 @@ class RepositoryCopy:
         local = self.store.manifest(self.repository, digest)
         if local is not None:
             return FetchedManifest(local.content, local.media_type, digest)
+        self._check_deadline()
         fetched = await self.client.get_manifest(self.repository, digest)
         if fetched is None:
             raise RegistryError(
@@ -129,6 +150,8 @@ class RepositoryCopy:
         for child in parsed.manifests:
             await self._copy_manifest(child.digest)
         await asyncio.gather(*(self._copy_blob(d) for d in _unique(required_blobs(parsed))))
+        if self._stopped:
+            raise WindowClosed()
         if not self.dry_run:
             self.store.put_manifest(
                 self.repository,
@@ -181,6 +204,12 @@ class RepositoryCopy:
             self.transfer.bytes += descriptor.size
             return
         async with self._blob_slots:
+            # Checked once a slot is free, so blobs already under way finish (cleanly, stored)
+            # and no new one starts after the window closed.
+            if self._stopped or self.deadline.passed():
+                self._stopped = True
+                self._blobs_done.discard(digest)
+                return
             session = self.store.uploads.create(self.repository)
             chunks = self.client.blob_chunks(self.repository, digest)
             counted = _Counted(chunks, descriptor.size)

@@ -1,27 +1,48 @@
-"""One sync run: every upstream of this node, one after the other, each by full reconcile.
+"""One sync run: the config's `[[upstream]]`s, then this node's parent, each pulled.
 
 The upstreams of a node:
 - its parent, on an activated connected registry: `parent_protocol://parent_endpoint` with the
   sync token (Bearer through the parent's token endpoint), trusting `tls/parent-ca.crt` when
-  activation pinned one, else the system store; scope and tag filters from the settings the
-  parent last sent (stored at activation);
-- every `[[upstream]]` of the config, on any node (a root, a device, a development registry).
+  activation pinned one, else the system store;
+- every `[[upstream]]` of the config, on any node (a root, a device, a development registry),
+  always by full reconcile.
+
+With the parent, one run is one conversation over one gateway session (PROTOCOL.md §3):
+1. settings, with If-None-Match on the stored ETag: on 200 they are stored and their client
+   tokens applied (`Credentials.replace_from_parent`), so repositories, tag filters, tokens,
+   schedule, window, TTL and log level take effect in this very run; on 304 the cache is used;
+   an unreachable parent means the cache, `connection_state = Offline`, and nothing else;
+2. the window (`schedule.py`): outside it nothing more is asked or moved and the report says
+   when the next one opens; inside it, its end is the run's deadline;
+3. the change feed since `changes_cursor`: no cursor, `reset`, a changed scope, a resync asked
+   by the root, or a parent without a feed → a full reconcile of the scope; otherwise only the
+   repositories the feed names are reconciled (deletions included: the reconcile deletes tags
+   gone upstream by the existing rules), and none at all when it names none. The feed position
+   is stored only after a run that finished cleanly, so a failed or stopped run is re-read;
+4. `Syncing` is reported before content moves, and the run's outcome after: `Online` with
+   `lastSyncTime`, or the errors of the whole run (plain upstreams' too) as `statusDetails`,
+   which the root shows as `Unhealthy`.
+An idle device thus costs settings (304) + changes + status: three requests.
 
 A lock on `<data_dir>/sync.lock` (flock, released by the kernel when the process dies) makes
-overlapping runs impossible. After a run that reached the parent the node state records
-`connection_state = Online` and `last_sync_time`; a parent that could not be reached records
-`Offline`. Both are what `connected-registry status` shows.
+overlapping runs impossible. The node state records `connection_state`, `last_contact`,
+`last_sync_time` (a run that completed without errors) and `changes_cursor`; they are what
+`connected-registry status` shows.
 
-Not in this slice: the change feed (every run is a full reconcile), refreshing settings from
-the parent and reporting status to it, push sync, schedule and window, the bandwidth limit,
-the hand-off to the running service over `control.sock` (runs are in-process).
+Not in this slice: push sync (and so the outbox's messageTtl, which is only stored), the
+bandwidth limit, the plain upstreams' own schedules, the hand-off to the running service over
+`control.sock` (runs are in-process), and the service applying a new log level (a run applies
+it to its own process).
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,15 +50,35 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance import __version__
+from appliance.auth.tokens import CredentialError, Credentials
 from appliance.config import Config
+from appliance.control.gateway_client import GatewayClient, GatewayError, ParentUnreachable
+from appliance.control.hierarchy import OFFLINE, ONLINE, SYNCING
 from appliance.control.node import CONNECTED, NodeState
+from appliance.control.schedule import ScheduleError
 from appliance.oci.errors import OCIError
+from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
 from appliance.sync.client import RegistryClient, RegistryError, UpstreamUnreachable
 from appliance.sync.content import ScopeError, TagFilter, repositories_in_scope
-from appliance.sync.copy import RepositoryCopy, Transfer
+from appliance.sync.copy import RepositoryCopy, Transfer, WindowClosed
+from appliance.sync.schedule import NO_DEADLINE, Clock, Deadline, Window, utc_now, window_at
 
 PARENT_UNREACHABLE = "PARENT_UNREACHABLE"
+# node_state key: the parent's change-feed position this node has applied.
+CHANGES_CURSOR = "changes_cursor"
+# Pages of the feed read in one run (1000 changes each on our parent): a bound, not a target;
+# the rest is read at the next run.
+MAX_FEED_PAGES = 50
+MAX_STATUS_DETAILS = 20
+LOG_LEVELS = {
+    "Debug": logging.DEBUG,
+    "Information": logging.INFO,
+    "Warning": logging.WARNING,
+    "Error": logging.ERROR,
+    "None": logging.CRITICAL + 1,
+}
 
 
 class SyncError(Exception):
@@ -74,6 +115,19 @@ class SourceReport:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     unreachable: bool = False
+    # The parent's change feed: "full" (reconcile all in scope), "changes" (only what it
+    # named), "idle" (nothing changed), "closed" (outside the window); "" for plain upstreams.
+    feed: str = ""
+    window_closed: bool = False
+
+    def absorb(self, other: SourceReport) -> None:
+        """Add a pull's outcome to this (the parent's) report."""
+        self.transfer.add(other.transfer)
+        self.repositories_checked += other.repositories_checked
+        self.warnings += other.warnings
+        self.errors += other.errors
+        self.unreachable = self.unreachable or other.unreachable
+        self.window_closed = self.window_closed or other.window_closed
 
 
 @dataclass
@@ -81,6 +135,13 @@ class SyncReport:
     dry_run: bool
     seconds: float = 0.0
     sources: list[SourceReport] = field(default_factory=list)
+    # The parent's window at the start of the run (None: no parent).
+    window: Window | None = None
+    settings_updated: bool = False
+
+    @property
+    def stopped_by_window(self) -> bool:
+        return any(report.window_closed for report in self.sources)
 
     @property
     def total(self) -> Transfer:
@@ -103,9 +164,13 @@ class SyncReport:
             "seconds": round(self.seconds, 3),
             "requests": self.requests,
             "total": _transfer_json(self.total),
+            "settingsUpdated": self.settings_updated,
+            "window": _window_json(self.window),
+            "windowClosedDuringRun": self.stopped_by_window,
             "sources": [
                 {
                     "source": r.source,
+                    "feed": r.feed or None,
                     "repositoriesChecked": r.repositories_checked,
                     "requests": r.requests,
                     **_transfer_json(r.transfer),
@@ -115,6 +180,20 @@ class SyncReport:
                 for r in self.sources
             ],
         }
+
+
+def _window_json(window: Window | None) -> dict[str, Any] | None:
+    if window is None:
+        return None
+    return {
+        "open": window.open,
+        "closesAt": _stamp(window.closes_at),
+        "opensAt": _stamp(window.opens_at),
+    }
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 def _transfer_json(transfer: Transfer) -> dict[str, Any]:
@@ -156,28 +235,36 @@ def sources(store: Store, config: Config) -> list[Source]:
     node = NodeState(store)
     found: list[Source] = []
     if node.role == CONNECTED:
-        endpoint, protocol = node.get("parent_endpoint"), node.get("parent_protocol")
-        credential = node.sync_credential()
-        if not endpoint or not protocol or credential is None:
-            raise SyncError("NOT_ACTIVATED: the parent or the sync token is missing from the state")
-        settings = node.settings() or {}
-        anchor = store.layout.parent_ca_cert
-        try:
-            tag_filter = TagFilter.of(settings.get("tagInclude"), settings.get("tagExclude"))
-        except ScopeError as err:
-            raise SyncError(f"SETTINGS_INVALID: the parent's {err}") from None
-        found.append(
-            Source(
-                label=f"parent {endpoint}",
-                url=f"{protocol}://{endpoint}",
-                repositories=list(settings.get("repositories") or []),
-                tag_filter=tag_filter,
-                username=credential.token,
-                password=credential.password,
-                ca_pem=anchor.read_bytes() if anchor.exists() else None,
-                is_parent=True,
-            )
-        )
+        found.append(parent_source(store, node.settings() or {}))
+    return found + upstream_sources(config)
+
+
+def parent_source(store: Store, settings: dict[str, Any]) -> Source:
+    """The parent as an upstream, scoped by `settings` (the ones this run fetched or cached)."""
+    node = NodeState(store)
+    endpoint, protocol = node.get("parent_endpoint"), node.get("parent_protocol")
+    credential = node.sync_credential()
+    if not endpoint or not protocol or credential is None:
+        raise SyncError("NOT_ACTIVATED: the parent or the sync token is missing from the state")
+    anchor = store.layout.parent_ca_cert
+    try:
+        tag_filter = TagFilter.of(settings.get("tagInclude"), settings.get("tagExclude"))
+    except ScopeError as err:
+        raise SyncError(f"SETTINGS_INVALID: the parent's {err}") from None
+    return Source(
+        label=f"parent {endpoint}",
+        url=f"{protocol}://{endpoint}",
+        repositories=list(settings.get("repositories") or []),
+        tag_filter=tag_filter,
+        username=credential.token,
+        password=credential.password,
+        ca_pem=anchor.read_bytes() if anchor.exists() else None,
+        is_parent=True,
+    )
+
+
+def upstream_sources(config: Config) -> list[Source]:
+    found: list[Source] = []
     # Relative paths in a config file mean relative to the file, as config.py does for TLS.
     folder = config.source.parent if config.source is not None else Path.cwd()
     for upstream in config.upstreams:
@@ -224,54 +311,299 @@ def _credentials(path: Path) -> tuple[str, str]:
 # -- the run ---------------------------------------------------------------------------------
 
 
-async def run_sync(store: Store, config: Config, dry_run: bool = False) -> SyncReport:
+async def run_sync(
+    store: Store, config: Config, dry_run: bool = False, clock: Clock = utc_now
+) -> SyncReport:
     """Sync every upstream; failures are in the report (`errors`), never raised, so one
-    unreachable upstream does not stop the others."""
+    unreachable upstream does not stop the others. `clock` is UTC wall time, injected so the
+    window and its deadline can be tested."""
     started = time.monotonic()
     report = SyncReport(dry_run)
     node = NodeState(store)
-    mode = node.mode
-    for source in sources(store, config):
-        report.sources.append(await _sync_source(store, source, mode, dry_run))
+    # Plain upstreams first, so the status the parent gets at the end lists their errors too.
+    # They are not under the parent's window (their own schedule is still to come).
+    for source in upstream_sources(config):
+        report.sources.append(await _sync_source(store, source, node.mode, dry_run))
+    if node.role == CONNECTED:
+        report.sources.insert(0, await _sync_parent(store, node, report, dry_run, clock))
     report.seconds = time.monotonic() - started
-    if not dry_run:
-        parent = next((r for r in report.sources if r.source.startswith("parent ")), None)
-        if parent is not None:
-            node.set("connection_state", "Offline" if parent.unreachable else "Online")
-            if not parent.unreachable:
-                node.set("last_contact", _now())
-        if not report.errors:
-            node.set("last_sync_time", _now())
+    # A last sync is one that completed: not one that failed, stopped, or did not run.
+    in_window = report.window is None or report.window.open
+    if not dry_run and not report.errors and not report.stopped_by_window and in_window:
+        node.set("last_sync_time", _now())
     return report
 
 
+async def _sync_parent(
+    store: Store, node: NodeState, run: SyncReport, dry_run: bool, clock: Clock
+) -> SourceReport:
+    """Settings, window, change feed, pull, status: one conversation with the parent over one
+    gateway session, so an idle run costs settings (304) + changes + status."""
+    try:
+        gateway = GatewayClient.for_node(store)
+    except GatewayError as err:
+        raise SyncError(f"{err.code}: {err.message}") from None
+    cached = node.settings() or {}
+    report = SourceReport(f"parent {gateway.endpoint}")
+    client: RegistryClient | None = None
+    async with gateway:
+        settings = await _refresh_settings(store, node, gateway, cached, report, run, dry_run)
+        _apply_log_level(settings.get("logLevel"))
+        if report.unreachable:
+            _record_contact(node, dry_run, reachable=False)
+            report.requests = gateway.requests
+            return report
+        _record_contact(node, dry_run, reachable=True)
+        try:
+            schedule, window = settings.get("syncSchedule"), settings.get("syncWindow")
+            run.window = window_at(schedule, window, clock())
+        except ScheduleError as err:
+            report.errors.append(f"SETTINGS_INVALID: {err}")
+            run.window = Window(open=True)
+        if not run.window.open:
+            # Outside the window nothing moves; the parent hears from us at the next window.
+            report.feed = "closed"
+            report.requests = gateway.requests
+            return report
+        source = parent_source(store, settings)
+        plan = await _plan(node, gateway, cached, settings, report)
+        if not report.unreachable and (plan.full or plan.repositories):
+            if not dry_run:
+                await _report(gateway, {"state": SYNCING}, report)
+            deadline = Deadline(run.window.closes_at, clock)
+            client = source.client()
+            named = None if plan.full else plan.repositories
+            pulled = await _pull(store, source, client, node.mode, dry_run, deadline, named)
+            report.absorb(pulled)
+        clean = not report.errors and not report.unreachable and not report.window_closed
+        if clean and not dry_run and plan.cursor is not None:
+            node.set(CHANGES_CURSOR, str(plan.cursor))
+        if report.unreachable:
+            _record_contact(node, dry_run, reachable=False)
+        elif not dry_run:
+            status: dict[str, Any] = {
+                "state": ONLINE,
+                "version": __version__,
+                "loginServer": node.get("login_server") or "",
+                "statusDetails": _status_details(run.errors + report.errors, clock),
+            }
+            if not status["statusDetails"] and not report.window_closed:
+                # This run is the last sync (`last_sync_time` is set for it after the run); a
+                # run the window stopped is not complete, so the root keeps the previous one.
+                status["lastSyncTime"] = _now()
+            if clean and plan.full and settings.get("resync"):
+                status["resyncDone"] = True
+            await _report(gateway, status, report)
+    report.requests = gateway.requests + (client.requests if client is not None else 0)
+    return report
+
+
+async def _refresh_settings(
+    store: Store,
+    node: NodeState,
+    gateway: GatewayClient,
+    cached: dict[str, Any],
+    report: SourceReport,
+    run: SyncReport,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """The settings this run works with: the parent's when they changed (stored, client tokens
+    applied), else the cache (304, or the parent unreachable or refusing)."""
+    try:
+        fresh = await gateway.settings(node.get("settings_etag"))
+    except ParentUnreachable as err:
+        report.unreachable = True
+        report.errors.append(f"{PARENT_UNREACHABLE}: cannot reach {err.endpoint}: {err.reason}")
+        return cached
+    except GatewayError as err:
+        report.errors.append(f"{err.code}: settings: {err.message}")
+        return cached
+    if fresh is None:
+        return cached
+    run.settings_updated = True
+    if dry_run:
+        return fresh.body
+    try:
+        with write_transaction(store.db):
+            # Tokens, repositories, schedule, window, TTL and log level all take effect now.
+            Credentials(store.db).replace_from_parent(fresh.body.get("clientTokens") or [])
+            node.set("settings", json.dumps(fresh.body, sort_keys=True))
+            if fresh.etag:
+                node.set("settings_etag", fresh.etag)
+            else:
+                store.delete_state("settings_etag")
+    except CredentialError as err:
+        report.errors.append(f"SETTINGS_INVALID: the parent's client tokens: {err}")
+        return cached
+    return fresh.body
+
+
+@dataclass
+class _Plan:
+    """What to pull: every repository in scope (`full`), or only those the feed named."""
+
+    full: bool
+    repositories: list[str]
+    # The feed position to store once the pull finished cleanly (None: keep what is stored).
+    cursor: int | None
+
+
+async def _plan(
+    node: NodeState,
+    gateway: GatewayClient,
+    cached: dict[str, Any],
+    settings: dict[str, Any],
+    report: SourceReport,
+) -> _Plan:
+    """Ask the change feed what changed since the stored cursor (PROTOCOL.md §3). A full
+    reconcile when there is no cursor, the feed says `reset`, the scope changed (the feed only
+    names repositories that changed, not ones newly in scope), a resync was asked for, or the
+    parent offers no feed."""
+    stored = node.get(CHANGES_CURSOR)
+    cursor = int(stored) if stored and stored.isdigit() else None
+    full = cursor is None or bool(settings.get("resync")) or _scope(cached) != _scope(settings)
+    named: set[str] = set()
+    position = 0 if full else cursor
+    try:
+        for _ in range(MAX_FEED_PAGES):
+            answer = await gateway.changes(position)
+            position = answer["cursor"]
+            if answer.get("reset"):
+                full = True
+            if full:
+                break  # what exists now is reconciled; the feed's position is all we need
+            named.update(
+                str(change["repository"])
+                for change in answer["changes"]
+                if isinstance(change, dict) and isinstance(change.get("repository"), str)
+            )
+            if not answer.get("more"):
+                break
+    except ParentUnreachable as err:
+        report.unreachable = True
+        report.errors.append(f"{PARENT_UNREACHABLE}: cannot reach {err.endpoint}: {err.reason}")
+        return _Plan(full=False, repositories=[], cursor=None)
+    except GatewayError as err:
+        # A parent without a feed (an older one, or a middle node: relaying the feed is not
+        # done yet) still gets a correct, if dearer, full reconcile.
+        report.warnings.append(f"no change feed from the parent ({err.code}): full reconcile")
+        report.feed = "full"
+        return _Plan(full=True, repositories=[], cursor=None)
+    if full:
+        report.feed = "full"
+        return _Plan(full=True, repositories=[], cursor=position)
+    report.feed = "changes" if named else "idle"
+    return _Plan(full=False, repositories=sorted(named), cursor=position)
+
+
+def _scope(settings: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        sorted(settings.get("repositories") or []),
+        settings.get("tagInclude"),
+        settings.get("tagExclude"),
+    )
+
+
+async def _report(gateway: GatewayClient, status: dict[str, Any], report: SourceReport) -> None:
+    """A status report upward; a failure is a warning (the content moved all the same)."""
+    try:
+        await gateway.report_status(status)
+    except ParentUnreachable as err:
+        report.unreachable = True
+        report.errors.append(f"{PARENT_UNREACHABLE}: cannot reach {err.endpoint}: {err.reason}")
+    except GatewayError as err:
+        report.warnings.append(f"the parent refused the status report: {err.code}: {err.message}")
+
+
+def _status_details(errors: list[str], clock: Clock) -> list[dict[str, str]]:
+    """The run's errors as status details (PROTOCOL.md §3), one correlation id per run."""
+    correlation = str(uuid.uuid4())
+    timestamp = clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+    details = []
+    for error in errors[:MAX_STATUS_DETAILS]:
+        code, _, description = error.partition(": ")
+        details.append(
+            {
+                "type": "ConnectivityError" if "UNREACHABLE" in code else "SyncError",
+                "code": code,
+                "description": description or error,
+                "timestamp": timestamp,
+                "correlationId": correlation,
+            }
+        )
+    return details
+
+
+def _record_contact(node: NodeState, dry_run: bool, reachable: bool) -> None:
+    if dry_run:
+        return
+    node.set("connection_state", ONLINE if reachable else OFFLINE)
+    if reachable:
+        node.set("last_contact", _now())
+
+
+def _apply_log_level(level: Any) -> None:
+    """The parent's logLevel for the rest of this process (the service applies it likewise)."""
+    if isinstance(level, str) and level in LOG_LEVELS:
+        logging.getLogger("appliance").setLevel(LOG_LEVELS[level])
+
+
 async def _sync_source(store: Store, source: Source, mode: str, dry_run: bool) -> SourceReport:
-    report = SourceReport(source.label)
     client = source.client()
+    report = await _pull(store, source, client, mode, dry_run, NO_DEADLINE, None)
+    report.requests = client.requests
+    return report
+
+
+async def _pull(
+    store: Store,
+    source: Source,
+    client: RegistryClient,
+    mode: str,
+    dry_run: bool,
+    deadline: Deadline,
+    named: list[str] | None,
+) -> SourceReport:
+    """Reconcile `named` repositories, or (None) every repository in the source's scope."""
+    report = SourceReport(source.label)
     async with client:
         try:
-            scope = await repositories_in_scope(client, source.repositories)
-            report.warnings += scope.warnings
-            for repository in scope.repositories:
+            if named is None:
+                scope = await repositories_in_scope(client, source.repositories)
+                report.warnings += scope.warnings
+                repositories = scope.repositories
+            else:
+                repositories = named
+            for repository in repositories:
+                if deadline.passed():
+                    raise WindowClosed()
                 report.repositories_checked += 1
                 copy = RepositoryCopy(
-                    client, store, repository, source.tag_filter, mode, dry_run=dry_run
+                    client,
+                    store,
+                    repository,
+                    source.tag_filter,
+                    mode,
+                    dry_run=dry_run,
+                    deadline=deadline,
                 )
                 try:
                     await copy.reconcile()
-                except UpstreamUnreachable:
+                except (UpstreamUnreachable, WindowClosed):
                     report.transfer.add(copy.transfer)
                     raise
                 except (RegistryError, OCIError) as err:
                     report.errors.append(f"{_code(err)}: {repository}: {_message(err)}")
                 report.transfer.add(copy.transfer)
+        except WindowClosed:
+            report.window_closed = True
+            report.warnings.append("the sync window closed: stopped; the rest follows next window")
         except UpstreamUnreachable as err:
             report.unreachable = True
             code = PARENT_UNREACHABLE if source.is_parent else err.code
             report.errors.append(f"{code}: {err.message}")
         except RegistryError as err:
             report.errors.append(f"{err.code}: {err.message}")
-    report.requests = client.requests
     return report
 
 
