@@ -16,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlite_utils
@@ -661,7 +662,10 @@ def _dump(permissions: tuple[Permission, ...], gateways: tuple[GatewayPermission
     return json.dumps([p.to_json() for p in permissions] + [g.to_json() for g in gateways])
 
 
+@lru_cache(maxsize=4096)
 def _load_all(text: str) -> tuple[tuple[Permission, ...], tuple[GatewayPermission, ...]]:
+    # Cached by the stored JSON itself: a scope map that changes is new text, so never stale;
+    # auth reads a scope map on every request.
     entries = json.loads(text)
     return (
         tuple(
