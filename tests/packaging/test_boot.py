@@ -1,5 +1,6 @@
 """The appliance as an operator gets it: the .deb on fresh Debian 12 devices booted under a real
-systemd (scripts/boot-test), built first by scripts/build-deb when the sources are newer.
+systemd (scripts/boot-test), built first by scripts/build-deb when the sources are newer. The
+boot test includes a sync from the root through the timer, and measures one idle sync run.
 
 It needs root and the tools `scripts/setup --test` installs; without them it fails, never skips:
 a suite that passes without checking the package would say something false.
@@ -56,12 +57,14 @@ def test_the_packaged_config_is_comments_that_parse_when_uncommented() -> None:
 
 
 @pytest.mark.slow
-def test_the_deb_installs_activates_serves_survives_reboot_and_upgrade_and_purges() -> None:
+def test_the_deb_installs_activates_syncs_serves_survives_reboot_and_upgrade_and_purges() -> None:
     assert os.geteuid() == 0, "the boot test needs root (run the suite as CI does, as root)"
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     assert not missing, f"missing {', '.join(missing)}: run scripts/setup --test"
     deb = the_deb()
     done = subprocess.run([str(ROOT / "scripts" / "boot-test"), "--deb", str(deb)],
                           capture_output=True, text=True, timeout=1800, check=False)
+    print(done.stdout)  # the step timings and the idle sync figures, with `pytest -s`
     assert done.returncode == 0, f"scripts/boot-test failed:\n{done.stdout}\n{done.stderr}"
     assert "boot test passed" in done.stdout
+    assert "idle `connected-registry sync` on edge01" in done.stdout
