@@ -63,6 +63,19 @@ class Referrer:
         return d
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A write to replay to the parent: `op` is 'put' or 'delete'; `tag` None for the
+    manifest itself."""
+
+    seq: int
+    repository: str
+    op: str
+    tag: str | None
+    digest: str
+    time: str
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -447,6 +460,48 @@ class Store:
             for tag in sorted(tags):
                 self._record(repository, "delete", tag, digest, origin, now)
             self._record(repository, "delete", None, digest, origin, now)
+
+    # -- the outbox (push sync) -------------------------------------------------------------
+
+    def outbox(self, after: int, limit: int) -> list[OutboxRow]:
+        """Up to `limit` outbox rows after sequence number `after`, oldest first."""
+        return [
+            OutboxRow(*row)
+            for row in self.conn.execute(
+                "SELECT seq, repository, op, tag, digest, time FROM outbox "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            )
+        ]
+
+    def remove_outbox(self, seq: int) -> None:
+        """A row that was applied upward (or dropped): it is never replayed again."""
+        self.conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def local_manifests(self, repository: str) -> list[str]:
+        """Digests of the repository's manifests that did not come from the parent."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT rm.digest FROM repository_manifests rm JOIN repositories r "
+                "ON r.id = rm.repository_id WHERE r.name = ? AND rm.origin != ? "
+                "ORDER BY rm.created_at, rm.digest",
+                (repository, Origin.PARENT.value),
+            )
+        ]
+
+    def hand_tag_to_parent(self, repository: str, tag: str, digest: str) -> bool:
+        """Mark a tag that still points at `digest` as the parent's, so pull sync may move or
+        delete it from now on: push sync does this once the parent has the tag at that digest,
+        or lost a conflict for it (the parent wins). The digest does not change, so nothing is
+        recorded in the change feed or the outbox."""
+        return bool(
+            self.conn.execute(
+                "UPDATE tags SET origin = ? WHERE name = ? AND digest = ? AND origin != ? "
+                "AND repository_id = (SELECT id FROM repositories WHERE name = ?)",
+                (Origin.PARENT.value, tag, digest, Origin.PARENT.value, repository),
+            ).rowcount
+        )
 
     def _record(
         self, repository: str, op: str, tag: str | None, digest: Digest, origin: Origin, now: str

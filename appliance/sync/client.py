@@ -22,11 +22,12 @@ import json
 import random
 import re
 import ssl
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 import aiohttp
 
@@ -273,12 +274,104 @@ class RegistryClient:
         except ValueError:
             return []
 
+    # -- uploads (push sync to our parent) ------------------------------------------------
+
+    async def has_blob(self, name: str, digest: Digest) -> bool:
+        """HEAD on the blob: does `name` already hold it?"""
+        url = f"{self.base_url}/v2/{name}/blobs/{digest}"
+        async with await self._send("HEAD", url, _push(name)) as response:
+            if response.status == 404:
+                return False
+            if response.status != 200:
+                raise await _refusal(response, f"blob {name}@{digest}")
+            return True
+
+    async def mount_blob(
+        self, name: str, digest: Digest, readable: tuple[str, ...] = ()
+    ) -> str | None:
+        """Automatic cross-repository mount (`?mount=` without `from`: the registry looks for the
+        blob in any repository we may read). None when it was mounted (201), else the upload
+        session's URL (202), which the caller uploads to. `readable` names repositories the
+        token should let us read, so a Bearer token allows the mount from them."""
+        url = f"{self.base_url}/v2/{name}/blobs/uploads/?{urlencode({'mount': str(digest)})}"
+        scope = " ".join([_push(name), *(_pull(other) for other in readable if other != name)])
+        async with await self._send("POST", url, scope) as response:
+            if response.status == 201:
+                return None
+            if response.status != 202:
+                raise await _refusal(response, f"mount of {digest} into {name}")
+            return self._location(response)
+
+    async def upload_blob(
+        self, name: str, digest: Digest, path: Path, session: str | None = None
+    ) -> int:
+        """A monolithic upload of the file at `path` (streamed, never held in memory) into the
+        session `session` (a URL from `mount_blob`) or a new one; its size."""
+        if session is None:
+            url = f"{self.base_url}/v2/{name}/blobs/uploads/"
+            async with await self._send("POST", url, _push(name)) as response:
+                if response.status != 202:
+                    raise await _refusal(response, f"upload into {name}")
+                session = self._location(response)
+        separator = "&" if "?" in session else "?"
+        target = f"{session}{separator}{urlencode({'digest': str(digest)})}"
+        size = path.stat().st_size
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        async with await self._send(
+            "PUT", target, _push(name), headers, body=lambda: _file_chunks(path)
+        ) as response:
+            if response.status != 201:
+                raise await _refusal(response, f"upload of {name}@{digest}")
+        return size
+
+    async def put_manifest(
+        self, name: str, reference: str | Digest, body: bytes, media_type: str
+    ) -> Digest:
+        """PUT the manifest's exact bytes with its media type; the digest the registry took."""
+        url = f"{self.base_url}/v2/{name}/manifests/{reference}"
+        headers = {"Content-Type": media_type}
+        sent = await self._send("PUT", url, _push(name), headers, body=lambda: body)
+        async with sent as response:
+            if response.status not in (200, 201):
+                raise await _refusal(response, f"manifest {name}:{reference}")
+            claimed = response.headers.get("Docker-Content-Digest")
+        digest = Digest.of(body)
+        if claimed and _digest(claimed, self.endpoint) != digest:
+            raise RegistryError(
+                "DIGEST_INVALID", f"{self.endpoint} stored {name}:{reference} as {claimed}"
+            )
+        return digest
+
+    async def delete_manifest(self, name: str, reference: str | Digest) -> bool:
+        """DELETE a tag or a manifest; False when it was already gone (404)."""
+        url = f"{self.base_url}/v2/{name}/manifests/{reference}"
+        async with await self._send("DELETE", url, _delete(name)) as response:
+            if response.status == 404:
+                return False
+            if response.status not in (200, 202, 204):
+                raise await _refusal(response, f"delete of {name}:{reference}")
+            return True
+
+    def _location(self, response: aiohttp.ClientResponse) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(
+                "UNEXPECTED_RESPONSE", f"{self.endpoint} opened an upload without a Location"
+            )
+        return urljoin(f"{self.base_url}/", location)
+
     # -- transport -------------------------------------------------------------------------
 
     async def _send(
-        self, method: str, url: str, scope: str, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        scope: str,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], Any] | None = None,
     ) -> aiohttp.ClientResponse:
-        """One request with auth and retries; the caller reads and releases the response."""
+        """One request with auth and retries; the caller reads and releases the response.
+        `body` makes the request body afresh for each attempt (a stream cannot be re-sent)."""
         if self._session is None:
             raise RuntimeError("use RegistryClient as `async with`")
         attempt, challenged = 0, False
@@ -288,7 +381,9 @@ class RegistryClient:
             if authorization:
                 sent["Authorization"] = authorization
             try:
-                response = await self._session.request(method, url, headers=sent, ssl=self._ssl)
+                response = await self._session.request(
+                    method, url, headers=sent, ssl=self._ssl, data=body() if body else None
+                )
             except aiohttp.ClientConnectorCertificateError as err:
                 raise _untrusted(self.endpoint, err.certificate_error) from None
             except aiohttp.ClientSSLError as err:
@@ -351,9 +446,10 @@ class RegistryClient:
         self, realm: dict[str, str], scope: str, asked: str | None = None
     ) -> str:
         assert self._session is not None
-        query = {"service": realm["service"]} if realm["service"] else {}
-        if asked or scope:
-            query["scope"] = asked or scope
+        query: list[tuple[str, str]] = [("service", realm["service"])] if realm["service"] else []
+        # A scope key may name several scopes (a push that may mount from other repositories):
+        # the Docker token protocol repeats `scope=` for each.
+        query += [("scope", one) for one in (asked or scope).split(" ") if one]
         headers = {"Authorization": self._basic} if self._basic else {}
         try:
             async with self._session.get(
@@ -380,6 +476,24 @@ class RegistryClient:
 
 def _pull(name: str) -> str:
     return f"repository:{name}:pull"
+
+
+def _push(name: str) -> str:
+    return f"repository:{name}:pull,push"
+
+
+def _delete(name: str) -> str:
+    return f"repository:{name}:delete"
+
+
+async def _file_chunks(path: Path) -> AsyncGenerator[bytes, None]:
+    """The file's bytes in chunks, read off the event loop."""
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            yield chunk
+    finally:
+        handle.close()
 
 
 async def _backoff(attempt: int, retry_after: str | None = None) -> None:

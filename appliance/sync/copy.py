@@ -11,7 +11,10 @@ manifests byte-exact with their expected digest.
 Tags the upstream no longer has (within the filter) are deleted locally: always on a ReadOnly
 node, on a ReadWrite node only if the parent put them there (a tag moved on this node is the
 node's own, for push sync to carry upward). For the same reason a ReadWrite node keeps a tag it
-moved itself when the upstream's differs (the conflict rule of PROTOCOL.md §4 is push sync's).
+moved itself when the upstream's differs (the conflict rule of PROTOCOL.md §4 is push sync's:
+push.py hands a tag to the parent, origin 'parent', once the parent has it or won a conflict).
+Every tag moved here from the parent also records the parent's digest in node_state
+(`parent_tags/<repo>/<tag>`), which push sync compares with the parent's current one.
 
 A run has a deadline, the end of its sync window: it is checked before each tag, manifest and
 blob, so a run past its window stops between them (`WindowClosed`); blobs already under way
@@ -32,9 +35,11 @@ from dataclasses import dataclass, field
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
+from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
 from appliance.sync.client import FetchedManifest, RegistryClient, RegistryError
 from appliance.sync.content import TagFilter
+from appliance.sync.push import parent_tag_key
 from appliance.sync.schedule import NO_DEADLINE, Deadline
 
 # Blobs of one image fetched at once: enough to fill a link whose single streams are
@@ -229,14 +234,17 @@ class RepositoryCopy:
 
     def _move_tag(self, tag: str, fetched: FetchedManifest) -> None:
         if not self.dry_run:
-            self.store.put_manifest(
-                self.repository,
-                fetched.body,
-                fetched.media_type,
-                [tag],
-                expected=fetched.digest,
-                origin=Origin.PARENT,
-            )
+            with write_transaction(self.store.db):
+                self.store.put_manifest(
+                    self.repository,
+                    fetched.body,
+                    fetched.media_type,
+                    [tag],
+                    expected=fetched.digest,
+                    origin=Origin.PARENT,
+                )
+                # What the parent's tag was when we last heard: push sync's conflict check.
+                self.store.set_state(parent_tag_key(self.repository, tag), str(fetched.digest))
         self.transfer.tags_moved += 1
 
     def _delete_tags_gone_upstream(self, upstream: set[str]) -> None:
@@ -247,7 +255,9 @@ class RepositoryCopy:
             if tag in upstream or not self.tag_filter(tag) or not self._may_change(tag):
                 continue
             if not self.dry_run:
-                self.store.delete_tag(self.repository, tag, origin=Origin.PARENT)
+                with write_transaction(self.store.db):
+                    self.store.delete_tag(self.repository, tag, origin=Origin.PARENT)
+                    self.store.delete_state(parent_tag_key(self.repository, tag))
             self.transfer.tags_deleted += 1
 
 

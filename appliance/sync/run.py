@@ -29,10 +29,13 @@ overlapping runs impossible. The node state records `connection_state`, `last_co
 `last_sync_time` (a run that completed without errors) and `changes_cursor`; they are what
 `connected-registry status` shows.
 
-Not in this slice: push sync (and so the outbox's messageTtl, which is only stored), the
-bandwidth limit, the plain upstreams' own schedules, the hand-off to the running service over
-`control.sock` (runs are in-process), and the service applying a new log level (a run applies
-it to its own process).
+On a ReadWrite device the outbox is replayed to the parent (push.py) after the window check and
+before the change feed; its conflicts (the parent wins) go into the status details, and the
+repositories where the parent won are pulled in the same run so the device's tags follow.
+
+Not in this slice: the bandwidth limit, the plain upstreams' own schedules, the hand-off to the
+running service over `control.sock` (runs are in-process), and the service applying a new log
+level (a run applies it to its own process).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from appliance import __version__
 from appliance.auth.tokens import CredentialError, Credentials
 from appliance.config import Config
 from appliance.control.gateway_client import GatewayClient, GatewayError, ParentUnreachable
-from appliance.control.hierarchy import OFFLINE, ONLINE, SYNCING
+from appliance.control.hierarchy import OFFLINE, ONLINE, READ_WRITE, SYNCING
 from appliance.control.node import CONNECTED, NodeState
 from appliance.control.schedule import ScheduleError
 from appliance.oci.errors import OCIError
@@ -63,6 +66,7 @@ from appliance.storage.store import Store
 from appliance.sync.client import RegistryClient, RegistryError, UpstreamUnreachable
 from appliance.sync.content import ScopeError, TagFilter, repositories_in_scope
 from appliance.sync.copy import RepositoryCopy, Transfer, WindowClosed
+from appliance.sync.push import TAG_CONFLICT, Push, PushReport, pending
 from appliance.sync.schedule import NO_DEADLINE, Clock, Deadline, Window, utc_now, window_at
 
 PARENT_UNREACHABLE = "PARENT_UNREACHABLE"
@@ -119,6 +123,8 @@ class SourceReport:
     # named), "idle" (nothing changed), "closed" (outside the window); "" for plain upstreams.
     feed: str = ""
     window_closed: bool = False
+    # Push sync to the parent (ReadWrite devices only); its conflicts go into status details.
+    push: PushReport | None = None
 
     def absorb(self, other: SourceReport) -> None:
         """Add a pull's outcome to this (the parent's) report."""
@@ -176,6 +182,7 @@ class SyncReport:
                     **_transfer_json(r.transfer),
                     "warnings": r.warnings,
                     "errors": r.errors,
+                    "push": r.push.to_json() if r.push is not None else None,
                 }
                 for r in self.sources
             ],
@@ -366,7 +373,19 @@ async def _sync_parent(
             report.requests = gateway.requests
             return report
         source = parent_source(store, settings)
-        plan = await _plan(node, gateway, cached, settings, report)
+        pusher: RegistryClient | None = None
+        if node.mode == READ_WRITE:
+            # Before the pull: the device's own writes go up first, so a conflict is decided
+            # (the parent wins) before the pull brings the parent's tags down.
+            pusher = source.client()
+            report.push = await _push(store, source, pusher, settings, report, dry_run)
+        if report.unreachable:
+            plan = _Plan(full=False, repositories=[], cursor=None)
+        else:
+            plan = await _plan(node, gateway, cached, settings, report)
+        if report.push is not None and not plan.full and report.push.pull:
+            # Repositories where the parent won a conflict: our tag follows it in this run.
+            plan.repositories = sorted(set(plan.repositories) | report.push.pull)
         if not report.unreachable and (plan.full or plan.repositories):
             if not dry_run:
                 await _report(gateway, {"state": SYNCING}, report)
@@ -385,17 +404,50 @@ async def _sync_parent(
                 "state": ONLINE,
                 "version": __version__,
                 "loginServer": node.get("login_server") or "",
-                "statusDetails": _status_details(run.errors + report.errors, clock),
+                "statusDetails": _status_details(
+                    run.errors + report.errors + (report.push.conflicts if report.push else []),
+                    clock,
+                ),
             }
-            if not status["statusDetails"] and not report.window_closed:
+            if not run.errors and not report.errors and not report.window_closed:
                 # This run is the last sync (`last_sync_time` is set for it after the run); a
                 # run the window stopped is not complete, so the root keeps the previous one.
                 status["lastSyncTime"] = _now()
             if clean and plan.full and settings.get("resync"):
                 status["resyncDone"] = True
             await _report(gateway, status, report)
-    report.requests = gateway.requests + (client.requests if client is not None else 0)
+    report.requests = gateway.requests + sum(c.requests for c in (client, pusher) if c is not None)
     return report
+
+
+async def _push(
+    store: Store,
+    source: Source,
+    client: RegistryClient,
+    settings: dict[str, Any],
+    report: SourceReport,
+    dry_run: bool,
+) -> PushReport:
+    """Replay the outbox to the parent (push.py); its errors become the run's."""
+    if dry_run:
+        # What would move: the rows waiting (a dry run sends nothing that changes the parent).
+        waiting = PushReport()
+        waiting.rows = pending(store)
+        return waiting
+    async with client:
+        pushed = await Push(store, client, source.repositories, settings.get("messageTtl")).run()
+    report.warnings += pushed.warnings
+    if pushed.unreachable:
+        report.unreachable = True
+        report.errors += [
+            f"{PARENT_UNREACHABLE}: {error.partition(': ')[2]}"
+            for error in pushed.errors
+            if error.startswith("UPSTREAM_UNREACHABLE")
+        ]
+        report.errors += [e for e in pushed.errors if not e.startswith("UPSTREAM_UNREACHABLE")]
+    else:
+        report.errors += pushed.errors
+    return pushed
 
 
 async def _refresh_settings(
@@ -524,7 +576,7 @@ def _status_details(errors: list[str], clock: Clock) -> list[dict[str, str]]:
         code, _, description = error.partition(": ")
         details.append(
             {
-                "type": "ConnectivityError" if "UNREACHABLE" in code else "SyncError",
+                "type": _detail_type(code),
                 "code": code,
                 "description": description or error,
                 "timestamp": timestamp,
@@ -532,6 +584,13 @@ def _status_details(errors: list[str], clock: Clock) -> list[dict[str, str]]:
             }
         )
     return details
+
+
+def _detail_type(code: str) -> str:
+    if "UNREACHABLE" in code:
+        return "ConnectivityError"
+    # The parent won a tag both sides moved: reported, nothing failed (PROTOCOL.md §4).
+    return "SyncConflict" if code == TAG_CONFLICT else "SyncError"
 
 
 def _record_contact(node: NodeState, dry_run: bool, reachable: bool) -> None:
