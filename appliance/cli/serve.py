@@ -20,6 +20,7 @@ from appliance.registry.app import make_app
 from appliance.storage.layout import Layout
 from appliance.storage.schema import SchemaTooNew
 from appliance.system import notify
+from appliance.system.role import node_role
 
 
 @click.command()
@@ -76,7 +77,7 @@ def serve(
         auth_enabled=auth,
     )
     layout = Layout(config.data_dir)
-    role = node_role(layout.database)
+    role = node_role(config.data_dir).role
     if not insecure_http:
         config = with_role_defaults(config, role, layout.tls_server_cert, layout.tls_server_key)
     elif role in ("cloud", "connected") and "auth" not in config.explicit:
@@ -102,21 +103,6 @@ def serve(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     asyncio.run(_serve(config))
-
-
-def node_role(database: Path) -> str | None:
-    """The node's role, read without creating or migrating anything."""
-    if not database.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-        try:
-            row = conn.execute("SELECT value FROM node_state WHERE key = 'role'").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None
-    return row[0] if row else None
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
