@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 
+from appliance.auth.certificates import client_trust
 from appliance.auth.certificates import fingerprint as certificate_fingerprint
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
@@ -69,12 +70,10 @@ class Settings:
 
 def ssl_context(ca_pem: bytes | None = None) -> ssl.SSLContext:
     """Verify against `ca_pem` (PEM, one or more certificates), or the system store if None."""
-    if ca_pem is None:
-        return ssl.create_default_context()
     try:
-        return ssl.create_default_context(cadata=ca_pem.decode("ascii"))
-    except (ssl.SSLError, ValueError, UnicodeDecodeError) as err:
-        raise GatewayError(UNTRUSTED_PARENT, f"not a usable PEM CA certificate: {err}") from None
+        return client_trust(ca_pem)
+    except ValueError as err:
+        raise GatewayError(UNTRUSTED_PARENT, str(err)) from None
 
 
 def read_ca_file(path: Path) -> bytes:
@@ -247,9 +246,7 @@ class GatewayClient:
         timeout = aiohttp.ClientTimeout(total=(TIMEOUT.total or 15) + wait, connect=10)
         _, _, data = await self._call("GET", query, timeout=timeout)
         answer = _json_object(data, self.endpoint)
-        if not isinstance(answer.get("cursor"), int) or not isinstance(
-            answer.get("changes"), list
-        ):
+        if not isinstance(answer.get("cursor"), int) or not isinstance(answer.get("changes"), list):
             raise GatewayError(
                 "UNEXPECTED_RESPONSE", f"the parent at {self.endpoint} sent a malformed change feed"
             )

@@ -31,6 +31,7 @@ from urllib.parse import urlencode, urljoin
 
 import aiohttp
 
+from appliance.auth.certificates import client_trust
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import MANIFEST_TYPES
@@ -110,11 +111,10 @@ class RegistryClient:
         )
         self._ssl: ssl.SSLContext | bool = True
         if self.base_url.startswith("https://"):
-            self._ssl = (
-                ssl.create_default_context(cadata=ca_pem.decode("ascii"))
-                if ca_pem is not None
-                else ssl.create_default_context()
-            )
+            try:
+                self._ssl = client_trust(ca_pem)
+            except ValueError as err:
+                raise RegistryError(UNTRUSTED_UPSTREAM, f"{self.endpoint}: {err}") from None
         self._tries = tries
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
