@@ -124,6 +124,16 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _cron(value: Any) -> str:
+    # Five fields, UTC, as the parent's syncSchedule: croniter is the one judge of both.
+    from croniter import croniter
+
+    text = _string(value)
+    if len(text.split()) != 5 or not croniter.is_valid(text):
+        raise ValueError("must be a cron expression of five fields (UTC)")
+    return text
+
+
 def _strings(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("must be a list of non-empty strings")
@@ -170,7 +180,7 @@ UPSTREAM: dict[str, Check] = {
     "tag_exclude": _string,
     "credentials_file": _path,
     "ca_file": _path,
-    "schedule": _string,
+    "schedule": _cron,
 }
 UPSTREAM_REQUIRED = ("url", "repositories")
 

@@ -13,6 +13,7 @@ import click
 from appliance import __version__
 from appliance.cli.activate import activate, deactivate
 from appliance.cli.cloud import cloud
+from appliance.cli.resync import resync
 from appliance.cli.scope_maps import scope_map
 from appliance.cli.serve import serve
 from appliance.cli.status import status
@@ -37,6 +38,7 @@ cli.add_command(activate)
 cli.add_command(deactivate)
 cli.add_command(status)
 cli.add_command(sync)
+cli.add_command(resync)
 cli.add_command(system)
 
 

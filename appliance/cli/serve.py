@@ -1,8 +1,10 @@
-"""`connected-registry serve`: run the registry until stopped."""
+"""`connected-registry serve`: run the registry until stopped, and, on a node that syncs, the
+sync runs `connected-registry sync` asks for over `<data_dir>/control.sock` (control/local.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sqlite3
@@ -16,10 +18,13 @@ from aiohttp import web
 from appliance import __version__
 from appliance.cli.options import load, node_options
 from appliance.config import Config, with_role_defaults
+from appliance.control import local
+from appliance.control.node import CONNECTED
 from appliance.registry.app import make_app
+from appliance.registry.context import STORE
 from appliance.storage.layout import Layout
 from appliance.storage.schema import SchemaTooNew
-from appliance.system import notify
+from appliance.system import logs, notify
 from appliance.system.role import node_role
 
 
@@ -67,6 +72,9 @@ def serve(
 
     Plain HTTP is for loopback only: anywhere else give a certificate (`connected-registry tls
     generate` makes one), and with auth on plain HTTP also needs --insecure-http.
+
+    On an activated device, or any node with [[upstream]]s, it also listens on
+    <data_dir>/control.sock (mode 0600) and runs the syncs `connected-registry sync` asks for.
     """
     config = load(
         config_path,
@@ -99,10 +107,9 @@ def serve(
                 "auth over plain HTTP would send passwords in clear: give --tls-cert/--tls-key, "
                 "or --insecure-http for a loopback test setup"
             )
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    asyncio.run(_serve(config))
+    logs.configure(config.log_level)
+    # A node that syncs takes its runs over control.sock (`connected-registry sync` asks it).
+    asyncio.run(_serve(config, syncs=role == CONNECTED or bool(config.upstreams)))
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
@@ -116,7 +123,7 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, syncs: bool) -> None:
     tls = _tls_context(config)
     data_dir = config.data_dir.resolve()
     app = make_app(replace(config, data_dir=data_dir))
@@ -143,7 +150,13 @@ async def _serve(config: Config) -> None:
         url = config.listen.url("https" if tls else "http")
         click.echo(f"connected-registry {__version__} serving {url}")
         click.echo(f"data: {data_dir}")
-        async with notify.running(f"serving {url}"):
-            await stop.wait()
+        # Up before READY=1, so the timer's first `sync` finds it; closed (a run under way
+        # stopped) before the store is.
+        control = local.serving(app[STORE], config) if syncs else contextlib.nullcontext()
+        try:
+            async with control, notify.running(f"serving {url}"):
+                await stop.wait()
+        except local.ControlSocketError as err:
+            raise click.ClickException(str(err)) from None
     finally:
         await runner.cleanup()

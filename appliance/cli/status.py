@@ -5,10 +5,16 @@ connection state is what the node last recorded (the sync keeps `connection_stat
 `last_sync_time` and `last_contact` in the node state; before the first sync it is Unknown);
 storage figures are the database's and the file system's. On a root it also lists the connected
 registries below it, with the state their instances last reported.
+
+Sync: the run under way, live, when the running service answers on `control.sock` (the one
+thing `status` asks anyone, and only on this machine), else the last run's summary (when, how
+long, what moved, its errors), which every run that is not dry leaves in the node state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,10 +24,13 @@ import click
 from appliance.auth.tokens import Credentials
 from appliance.cli.options import load, node_options, open_store
 from appliance.cli.output import emit, format_fields, format_table, human_size, output_option
+from appliance.cli.sync import progress_line
 from appliance.control.hierarchy import Hierarchy, offline_after_from
+from appliance.control.local import live_status
 from appliance.control.node import CLOUD, CONNECTED, NodeState
 from appliance.storage.layout import Layout
 from appliance.storage.store import Store
+from appliance.sync.run import LAST_RUN
 
 DEVELOPMENT = "development"
 
@@ -50,6 +59,8 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
         },
         "repositories": conn.execute("SELECT count(*) FROM repositories").fetchone()[0],
         "tags": conn.execute("SELECT count(*) FROM tags").fetchone()[0],
+        # `running` is filled in from the service, when one answers.
+        "sync": {"running": None, "lastRun": _last_run(node)},
     }
     if role == CONNECTED:
         status["parent"] = {
@@ -80,6 +91,11 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
     return status
 
 
+def _last_run(node: NodeState) -> dict[str, Any] | None:
+    text = node.get(LAST_RUN)
+    return json.loads(text) if text else None
+
+
 def _table(status: dict[str, Any]) -> str:
     role = status["role"]
     fields = [("Role", role)]
@@ -104,6 +120,9 @@ def _table(status: dict[str, Any]) -> str:
         ("Repositories", str(status["repositories"])),
         ("Tags", str(status["tags"])),
     ]
+    sync = _sync(status["sync"])
+    if sync:
+        fields.append(("Sync", sync))
     text = format_fields(fields)
     if role == CLOUD:
         rows = [
@@ -125,6 +144,19 @@ def _table(status: dict[str, Any]) -> str:
     return text
 
 
+def _sync(sync: dict[str, Any]) -> str | None:
+    running, last = sync["running"], sync["lastRun"]
+    if running is not None:
+        return f"running (run {running['runId'][:8]}), {progress_line(running)}"
+    if last is None:
+        return None
+    line = (
+        f"last run {last['finishedAt']}, {last['seconds']:.1f} s: {last['manifests']} manifests, "
+        f"{last['blobs']} blobs, {human_size(last['bytes'])}, {last['errors']} error(s)"
+    )
+    return line + (f"; first: {last['firstError']}" if last["firstError"] else "")
+
+
 def _connection(status: dict[str, Any]) -> str:
     state = status["connectionState"]
     if status["lastSyncTime"]:
@@ -138,7 +170,8 @@ def _connection(status: dict[str, Any]) -> str:
 def status(config_path: Path | None, data_dir: Path | None, output: str) -> None:
     """What this node is (development, root or connected registry) and what it holds.
 
-    Works offline: everything comes from the data directory.
+    Works offline: everything comes from the data directory, except the progress of a sync
+    under way, which the running service tells over its local control socket.
     """
     config = load(config_path, data_dir)
     layout = Layout(config.data_dir.resolve())
@@ -152,4 +185,7 @@ def status(config_path: Path | None, data_dir: Path | None, output: str) -> None
         document = node_status(store, config.offline_after)
     finally:
         store.close()
+    live = asyncio.run(live_status(layout.control_socket))
+    if live is not None:
+        document["sync"]["running"] = live.get("running")
     emit(output, document, lambda: _table(document))

@@ -46,6 +46,7 @@ from appliance.control.gateway_client import (
     read_ca_file,
 )
 from appliance.control.node import CLOUD, CONNECTED, NodeState, SyncCredential
+from appliance.control.relay import served_tokens
 from appliance.storage.layout import Layout
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
@@ -248,7 +249,8 @@ def _become(
     mode = settings.body.get("mode")
     if mode not in ("ReadWrite", "ReadOnly"):
         raise ActivationError("UNEXPECTED_RESPONSE", f"the parent sent no valid mode: {mode!r}")
-    tokens = settings.body.get("clientTokens") or []
+    # Client tokens, and the sync tokens of children created before this activation.
+    tokens = served_tokens(settings.body)
     try:
         store = Store(layout.root)
     except (OSError, sqlite3.Error) as err:

@@ -10,12 +10,16 @@ call an ancestor relays (its token, a descendant's name) also counts for the rel
 which plainly reached the root. On a connected registry the same routes relay for its
 descendants (`relay.py`); on any other node they answer 404.
 
-The change feed (`changes`, PROTOCOL.md §3) is answered on a root only: a middle node answers
-501 `UNSUPPORTED` for now (serving it from its own content while relaying is still to do), and a
-child that gets no feed falls back to a full reconcile. The feed is the `changes` table, which
-the store writes for every content change; rows older than the longest `messageTtl` of the
-hierarchy are pruned at startup and hourly (`prune_changes`), always keeping the newest row so
-that sequence numbers never restart (they are SQLite rowids).
+The change feed (`changes`, PROTOCOL.md §3) is the `changes` table, which the store writes for
+every content change on every node. A root answers it for every registry of its hierarchy; a
+connected registry answers it for its descendants from its own table (a child pulls its content
+from this node, so this node's feed is the one it needs, whether the parent is reachable or not),
+authorized by the relay (`Relay.feed_scope`: the descendant's sync token from the cached
+settings, `message/read`, scoped by its cached repositories). It is never relayed upward.
+Rows older than the longest `messageTtl` that matters are pruned at startup and hourly: on a
+root, that of the hierarchy (`prune_changes`); on a connected registry, that of its cached
+descendants (`prune_changes_for_descendants`). The newest row always stays, so that sequence
+numbers never restart (they are SQLite rowids).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from aiohttp import web
 from appliance import __version__
 from appliance.auth.scopes import matches
 from appliance.control.hierarchy import Hierarchy, HierarchyError, settings_etag
-from appliance.control.node import CLOUD, CONNECTED
-from appliance.control.relay import Relay
+from appliance.control.node import CLOUD, CONNECTED, NodeState
+from appliance.control.relay import Refusal, Relay, descendants
 from appliance.control.schedule import DEFAULT_TTL, ScheduleError, parse_duration
 from appliance.registry.access import CREDENTIALS, basic_credentials
 from appliance.registry.context import store_of
@@ -236,26 +240,33 @@ def _query_number(request: web.Request, key: str, default: float) -> float | Non
     return value if value >= 0 and value == value else None  # NaN is not a number here
 
 
-async def changes(request: web.Request) -> web.StreamResponse:
+async def _feed_scope(request: web.Request) -> tuple[str, ...] | web.Response:
+    """The repositories of the path's registry if the caller may read its change feed: from
+    the hierarchy on a root (the call is contact), from the cached settings on a middle node."""
     if _relaying(request):
-        return _error(
-            501,
-            "UNSUPPORTED",
-            "this connected registry does not relay the change feed yet; reconcile fully",
-        )
+        try:
+            return await request.app[RELAY].feed_scope(request, request.match_info["name"])
+        except Refusal as refusal:
+            return refusal.response()
     name = await _authorize(request, MESSAGE_READ)
     if isinstance(name, web.Response):
         return name
+    hierarchy = request.app[HIERARCHY]
+    try:
+        hierarchy.touch(name)
+        return hierarchy.get(name).repositories
+    except HierarchyError as err:
+        return _refusal(err)
+
+
+async def changes(request: web.Request) -> web.StreamResponse:
+    scope = await _feed_scope(request)
+    if isinstance(scope, web.Response):
+        return scope
     cursor = _query_number(request, "cursor", 0)
     wait = _query_number(request, "wait", 0)
     if cursor is None or cursor != int(cursor) or wait is None:
         return _error(400, "UNSUPPORTED", "cursor must be a whole number and wait seconds >= 0")
-    hierarchy = request.app[HIERARCHY]
-    try:
-        hierarchy.touch(name)
-        scope = hierarchy.get(name).repositories
-    except HierarchyError as err:
-        return _refusal(err)
     conn = store_of(request).conn
     answer = read_changes(conn, scope, int(cursor))
     # Long poll: hold an empty answer until a row arrives or `wait` (at most MAX_WAIT) passes.
@@ -268,12 +279,23 @@ async def changes(request: web.Request) -> web.StreamResponse:
 
 
 def prune_changes(hierarchy: Hierarchy, now: datetime | None = None) -> int:
-    """Drop feed rows older than the longest messageTtl of the connected registries (the
-    default TTL when there are none); the newest row always stays. How many went."""
-    durations = [d for d in (_duration(cr.message_ttl) for cr in hierarchy.all()) if d]
+    """On a root: drop feed rows older than the longest messageTtl of the connected registries
+    (the default TTL when there are none); the newest row always stays. How many went."""
+    return _prune(hierarchy.conn, [cr.message_ttl for cr in hierarchy.all()], now)
+
+
+def prune_changes_for_descendants(store: Store, now: datetime | None = None) -> int:
+    """On a connected registry: the same, by the longest messageTtl of its descendants in the
+    cached settings (the feed is served to them alone; the default TTL when there are none)."""
+    ttls = [str(entry.get("messageTtl")) for entry in descendants(NodeState(store).settings())]
+    return _prune(store.conn, ttls, now)
+
+
+def _prune(conn: sqlite3.Connection, ttls: list[str], now: datetime | None) -> int:
+    durations = [d for d in (_duration(ttl) for ttl in ttls) if d]
     longest = max(durations) if durations else parse_duration(DEFAULT_TTL, "message TTL")
     cutoff = ((now or datetime.now(UTC)) - longest).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    deleted = hierarchy.conn.execute(
+    deleted = conn.execute(
         "DELETE FROM changes WHERE time < ? AND seq < (SELECT max(seq) FROM changes)", (cutoff,)
     )
     return deleted.rowcount
@@ -287,13 +309,18 @@ def _duration(text: str) -> timedelta | None:
 
 
 async def prune_periodically(store: Store, hierarchy: Hierarchy) -> None:
-    """At startup and every PRUNE_EVERY seconds, on a root (a service lifetime task)."""
+    """At startup and every PRUNE_EVERY seconds, on a root or a connected registry (a service
+    lifetime task)."""
     while True:
         try:
-            if store.state("role") == CLOUD:
+            role = store.state("role")
+            removed = 0
+            if role == CLOUD:
                 removed = prune_changes(hierarchy)
-                if removed:
-                    log.info("pruned %d change feed row(s) past the message TTL", removed)
+            elif role == CONNECTED:
+                removed = prune_changes_for_descendants(store)
+            if removed:
+                log.info("pruned %d change feed row(s) past the message TTL", removed)
         except Exception:  # the loop must outlive one bad round (a locked database); log why
             log.exception("pruning the change feed failed")
         await asyncio.sleep(PRUNE_EVERY)

@@ -53,6 +53,8 @@ MODES = (READ_WRITE, READ_ONLY)
 LOG_LEVELS = ("Debug", "Information", "Warning", "Error", "None")
 ACTIVE, INACTIVE = "Active", "Inactive"
 ONLINE, OFFLINE, SYNCING, UNHEALTHY = "Online", "Offline", "Syncing", "Unhealthy"
+# The status-detail type of a tag both sides moved (PROTOCOL.md §4): informational.
+CONFLICT_DETAIL = "SyncConflict"
 NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9]{4,49}")
 REPOSITORY_ACTIONS = {
     READ_ONLY: frozenset({CONTENT_READ, METADATA_READ}),
@@ -109,13 +111,15 @@ class ConnectedRegistry:
     def connection_state(self, now: datetime, offline_after: timedelta | None) -> str:
         """Offline until an instance is active and has been heard from recently; then
         Unhealthy if its last report carried errors, Syncing while it says it syncs, else
-        Online (PROTOCOL.md §6)."""
+        Online (PROTOCOL.md §6). A tag conflict (`SyncConflict`) is reported, not an error:
+        the parent won by rule and nothing failed, so it alone does not make a device
+        Unhealthy."""
         if self.activation_status != ACTIVE or self.last_activity_time is None:
             return OFFLINE
         limit = offline_after or max(MIN_OFFLINE_AFTER, 2 * interval(self.sync_schedule, now))
         if now - datetime.fromisoformat(self.last_activity_time) > limit:
             return OFFLINE
-        if self.status_details:
+        if any(detail.get("type") != CONFLICT_DETAIL for detail in self.status_details):
             return UNHEALTHY
         if self.reported_state == SYNCING:
             return SYNCING

@@ -19,6 +19,10 @@ Keys of `node_state` (DESIGN.md §7):
   last_contact        when the parent last answered
   last_sync_time      when a sync run last completed without errors
   activated_at        when activation succeeded
+  last_run            the last sync run's summary (JSON: when, how long, what moved, errors)
+  resync_requested    `connected-registry resync` asked for a full reconcile at the next sync
+  upstream_run/<url>  when a scheduled `[[upstream]]` last completed a run
+  parent_tags/<repo>/<tag>, push_reconcile/<repo>   push sync's bookkeeping (sync/push.py)
 """
 
 from __future__ import annotations

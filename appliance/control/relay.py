@@ -26,6 +26,19 @@ it is. While the parent is unreachable:
   - `activate` and `deactivate` are refused with 503 `PARENT_UNREACHABLE`: only the root can
     guarantee a single active instance.
 A parent that answers but cannot be trusted (certificate) is 502 with the client's error code.
+A relayed `settings` answer that differs from what this node has cached for that descendant
+(a new scope, a rotated password) makes this node refresh its own settings before answering,
+so the descendant's next calls here (its change feed, its pulls) already see the new settings.
+
+The change feed. `changes` is not relayed: a descendant pulls its content from this node, so
+this node's own feed is the one it needs, online or not (gateway.py serves it). `feed_scope`
+authorizes it like the calls above (`message/read`) and scopes it by the descendant's cached
+`repositories`.
+
+Content. A child pulls from and pushes to this node's `/v2/` with its sync token, so the tokens
+this node checks there are its own client tokens plus its children's sync tokens
+(`served_tokens`); a ReadWrite child's pushes land in this node's outbox like any local write,
+and go upward at this node's next sync.
 """
 
 from __future__ import annotations
@@ -59,7 +72,7 @@ QUEUED_STATUS = "queued_status/"
 REFRESH_MIN_INTERVAL = 2.0
 FLUSH_EVERY = 30.0
 CONFIG_READ, CONFIG_WRITE = "config/read", "config/write"
-MESSAGE_WRITE = "message/write"
+MESSAGE_READ, MESSAGE_WRITE = "message/read", "message/write"
 # action of the path → (method, gateway permission it needs)
 ACTIONS = {
     "activate": ("POST", CONFIG_WRITE),
@@ -101,6 +114,17 @@ def find_descendant(settings: dict[str, Any] | None, name: str) -> dict[str, Any
         if str(entry.get("name", "")).lower() == name.lower():
             return entry
     return None
+
+
+def served_tokens(settings: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The tokens this node's `/v2/` checks from its parent's settings: the client tokens, and
+    each child's sync token (the child pulls, and a ReadWrite child pushes, with it here). Only
+    children: a deeper descendant talks to its own parent."""
+    tokens = list((settings or {}).get("clientTokens") or [])
+    for child in (settings or {}).get("descendants") or []:
+        if isinstance(child, dict) and isinstance(child.get("syncToken"), dict):
+            tokens.append(child["syncToken"])
+    return tokens
 
 
 def find_sync_token(settings: dict[str, Any] | None, token: str) -> dict[str, Any] | None:
@@ -176,10 +200,30 @@ class Relay:
         if action == "status" and status < 300:
             self._drop_queued(name)
         self._reached_parent()
+        if action == "settings" and status == 200:
+            await self._follow(name, answer_headers.get("ETag"))
         headers = {
             key: answer_headers[key] for key in ("ETag", "Content-Type") if key in answer_headers
         }
         return web.Response(status=status, body=data or None, headers=headers)
+
+    async def feed_scope(self, request: web.Request, name: str) -> tuple[str, ...]:
+        """The repositories (names or patterns) of descendant `name`, once the caller's sync
+        token proved it may read that registry's change feed; Refusal otherwise."""
+        await self._authorize(request, name, MESSAGE_READ)
+        cached = find_descendant(self.node.settings(), name)
+        if cached is None:
+            raise Refusal(404, "NAME_UNKNOWN", f"connected registry {name!r} not found")
+        return tuple(r for r in cached.get("repositories") or [] if isinstance(r, str))
+
+    async def _follow(self, name: str, etag: str | None) -> None:
+        """The parent sent `name` settings that differ from this node's cache (a new scope, a
+        rotated password): refresh the cache now, so the descendant's next call here (its feed,
+        its pulls with its sync token) already sees them. Rate-limited like any refresh."""
+        cached = find_descendant(self.node.settings(), name)
+        if cached is not None and etag is not None and settings_etag(cached) == etag:
+            return
+        await self._refresh(time.monotonic())
 
     def _offline(
         self,
@@ -287,7 +331,7 @@ class Relay:
             return True
         try:
             with write_transaction(self.store.db):
-                self.credentials.replace_from_parent(fresh.body.get("clientTokens") or [])
+                self.credentials.replace_from_parent(served_tokens(fresh.body))
                 self.node.set("settings", json.dumps(fresh.body, sort_keys=True))
                 if fresh.etag:
                     self.node.set("settings_etag", fresh.etag)

@@ -23,6 +23,8 @@ from appliance.registry.context import LOGIN, STORE, requires
 from appliance.registry.errors import durable_writes, oci_errors
 from appliance.storage.store import Store
 from appliance.storage.uploads import ABANDONED_AFTER
+from appliance.sync.bandwidth import limiter_for
+from appliance.sync.ondemand import ON_DEMAND, OnDemand
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
             offline_after=offline_after_from(config.offline_after),
         )
         app[RELAY] = Relay(store, app[CREDENTIALS])
+        app[ON_DEMAND] = OnDemand(store, limiter_for(config.bandwidth_limit))
         purge = asyncio.create_task(_purge_abandoned_uploads(store, upload_max_age))
         flush = asyncio.create_task(app[RELAY].run())
         prune = asyncio.create_task(gateway.prune_periodically(store, app[HIERARCHY]))
@@ -104,6 +107,7 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await app[RELAY].close()
+        await app[ON_DEMAND].close()
         store.close()
 
     app.cleanup_ctx.append(store_context)

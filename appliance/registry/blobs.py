@@ -1,7 +1,10 @@
 """GET/HEAD/DELETE /v2/<name>/blobs/<digest> (end-2, end-10).
 
 Blob bodies are files served with sendfile by `web.FileResponse`, which also answers `Range`
-requests (206, or 416 when unsatisfiable), so a pull interrupted half-way resumes.
+requests (206, or 416 when unsatisfiable), so a pull interrupted half-way resumes. On a
+connected registry, a blob that is missing here but in the sync scope is downloaded from the
+parent into the store first, in the same request (sync/ondemand.py; not for a HEAD on a
+ReadWrite node, which is a pushing client's check).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from aiohttp import web
 from appliance.auth.scopes import CONTENT_DELETE, CONTENT_READ
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.registry.context import digest_of, repository_of, requires, store_of
+from appliance.sync.ondemand import ON_DEMAND
 
 
 @requires(CONTENT_READ)
@@ -19,6 +23,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     digest = digest_of(request)
     store = store_of(request)
     size = store.blob_size(repository, digest)
+    if size is None and await request.app[ON_DEMAND].blob(
+        repository, digest, head=request.method == "HEAD"
+    ):
+        size = store.blob_size(repository, digest)
     if size is None:
         raise OCIError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(digest)})
     headers = {

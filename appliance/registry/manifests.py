@@ -1,6 +1,8 @@
 """GET/HEAD/PUT/DELETE /v2/<name>/manifests/<reference> (end-3, end-7, end-7b, end-9).
 
-Manifests are served byte-exact with the media type they were pushed with.
+Manifests are served byte-exact with the media type they were pushed with. On a connected
+registry, one that is missing here but in the sync scope is fetched from the parent in the same
+request (sync/ondemand.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from appliance.oci.manifests import MAX_MANIFEST_BYTES
 from appliance.oci.names import parse_reference, validate_tag
 from appliance.registry.context import repository_of, requires, store_of
 from appliance.storage.store import manifest_too_large
+from appliance.sync.ondemand import ON_DEMAND
 
 
 @requires(CONTENT_READ)
@@ -21,6 +24,8 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
     reference = parse_reference(request.match_info["reference"])
     manifest = store_of(request).manifest(repository, reference)
+    if manifest is None:
+        manifest = await request.app[ON_DEMAND].manifest(repository, reference)
     if manifest is None:
         raise OCIError(
             ErrorCode.MANIFEST_UNKNOWN,

@@ -206,7 +206,16 @@ def _v3(db: sqlite_utils.Database) -> None:
     db["connected_registries"].create_index(["parent"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Blob downloads that outlive a sync run: the upload session a sync fills records the
+    digest it is fetching, so the next run (for any repository needing that blob) resumes it
+    with `Range`. NULL for a client's upload. The row goes with its session (finished, refused
+    or purged after 24 h idle), so there is no separate record to drift from it."""
+    db["uploads"].add_column("digest", str)
+    db["uploads"].create_index(["digest"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -123,6 +123,16 @@ class Store:
         )
         self._state = None
 
+    def state_keys(self, prefix: str) -> list[str]:
+        """The node_state keys that start with `prefix`, in order (a range scan of the key)."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT key FROM node_state WHERE key >= ? AND key < ? ORDER BY key",
+                (prefix, prefix + "\U0010ffff"),
+            )
+        ]
+
     def delete_state(self, key: str) -> None:
         self.conn.execute("DELETE FROM node_state WHERE key = ?", (key,))
         self._state = None
@@ -460,6 +470,35 @@ class Store:
             for tag in sorted(tags):
                 self._record(repository, "delete", tag, digest, origin, now)
             self._record(repository, "delete", None, digest, origin, now)
+
+    def remove_repository(self, repository: str, origin: Origin = Origin.PARENT) -> int:
+        """Remove a repository with its tags, manifests and blob links, in one transaction
+        (a repository that left a ReadOnly device's scope); the change feed records each tag
+        and manifest deleted, so a child below follows. Blob files go at the next garbage
+        collection. How many manifests went."""
+        repository_id = self.repository_id(repository)
+        if repository_id is None:
+            return 0
+        removed = 0
+        with write_transaction(self.db):
+            digests = [
+                Digest.parse(row[0])
+                for row in self.conn.execute(
+                    "SELECT digest FROM repository_manifests WHERE repository_id = ? "
+                    "ORDER BY digest",
+                    (repository_id,),
+                )
+            ]
+            for digest in digests:
+                self.delete_manifest(repository, digest, origin)
+                removed += 1
+            # Tags of manifests already gone cannot exist (a tag needs its manifest); the links
+            # and the name are all that is left.
+            self.conn.execute(
+                "DELETE FROM repository_blobs WHERE repository_id = ?", (repository_id,)
+            )
+            self.conn.execute("DELETE FROM repositories WHERE id = ?", (repository_id,))
+        return removed
 
     # -- the outbox (push sync) -------------------------------------------------------------
 

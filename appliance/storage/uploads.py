@@ -7,22 +7,33 @@ so after a restart the first append re-reads the file once to rebuild it.
 
 Writing and hashing run in a worker thread while the event loop reads the next piece of the
 request body, so one upload keeps both cores busy.
+
+A sync's blob download is a session too, one that records the blob's digest (`download`). It
+is held by its process through an exclusive `flock` on its file, which the kernel releases when
+the process dies however it dies, and it outlives a download that fails, is stopped or is
+killed: the next download of that digest, for any repository, takes it over and resumes from
+the file's length. Such a partial is purged like any idle session after 24 h, never while a
+process holds it; since the digest lives in the session's own row, a purged partial leaves no
+record behind, and the next download starts from zero.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.storage.layout import Layout, is_session_id
 from appliance.storage.schema import unsynced
@@ -53,18 +64,90 @@ class Uploads:
         self._hashes: dict[str, _HashState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def create(self, repository: str) -> UploadStatus:
+    def create(self, repository: str, digest: Digest | None = None) -> UploadStatus:
+        """A new session; `digest` marks a download of that blob (see `download`)."""
         # The session's file is made by its first write: an upload that is one PUT costs no
         # empty file.
         session_id = uuid.uuid4().hex
         now = time.time()
         with unsynced(self.db):
             self.db.execute(
-                "INSERT INTO uploads (id, repository, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (session_id, repository, now, now),
+                "INSERT INTO uploads (id, repository, created_at, updated_at, digest) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (session_id, repository, now, now, str(digest) if digest is not None else None),
             )
         self._hashes[session_id] = _HashState(hashlib.sha256(), 0)
         return UploadStatus(session_id, repository, 0)
+
+    @contextlib.contextmanager
+    def download(self, repository: str, digest: Digest) -> Iterator[UploadStatus]:
+        """A session to download the blob `digest` into for `repository`, held by this process
+        until the block ends: the largest partial an earlier download left that no process
+        holds (moved to `repository`; its `size` is where to resume), else a new one.
+
+        The session outlives the block unless it is finished or cancelled: it is then the
+        partial the next download of `digest` resumes."""
+        held = self._take_over(repository, digest)
+        if held is None:
+            session = self.create(repository, digest)
+            fd = _try_lock(self.layout.upload(session.session_id), create=True)
+            assert fd is not None, "nobody else knows a session id made just now"
+            held = fd, session
+        fd, session = held
+        try:
+            yield session
+        finally:
+            os.close(fd)  # releases the lock; the file may already be the blob, moved
+
+    def _take_over(self, repository: str, digest: Digest) -> tuple[int, UploadStatus] | None:
+        """The largest unheld partial of `digest`, locked and moved to `repository`."""
+        candidates = sorted(
+            ((self._size(session_id), session_id) for session_id in self._partials(digest)),
+            reverse=True,
+        )
+        for _, session_id in candidates:
+            try:
+                fd = _try_lock(self.layout.upload(session_id))
+            except FileNotFoundError:
+                continue  # never written, or finished by another process just now
+            if fd is None:
+                continue  # another process is downloading into it
+            try:
+                # Re-read under the lock: a session finished or purged meanwhile has no row.
+                with unsynced(self.db):
+                    moved = self.db.execute(
+                        "UPDATE uploads SET repository = ?, updated_at = ? "
+                        "WHERE id = ? AND digest = ?",
+                        (repository, time.time(), session_id, str(digest)),
+                    ).rowcount
+                size = os.fstat(fd).st_size
+            except BaseException:
+                os.close(fd)
+                raise
+            if moved:
+                return fd, UploadStatus(session_id, repository, size)
+            os.close(fd)
+        return None
+
+    def partial_size(self, digest: Digest) -> int:
+        """Bytes of `digest` already on disk from earlier downloads (the largest partial)."""
+        return max((self._size(session_id) for session_id in self._partials(digest)), default=0)
+
+    def _partials(self, digest: Digest) -> list[str]:
+        rows = self.db.execute("SELECT id FROM uploads WHERE digest = ?", (str(digest),))
+        return [row[0] for row in rows if is_session_id(row[0])]
+
+    def _size(self, session_id: str) -> int:
+        try:
+            return self.layout.upload(session_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def restart(self, session: UploadStatus) -> UploadStatus:
+        """Throw the session's bytes away: it continues from zero."""
+        os.truncate(self.layout.upload(session.session_id), 0)
+        self._hashes[session.session_id] = _HashState(hashlib.sha256(), 0)
+        return UploadStatus(session.session_id, session.repository, 0)
 
     def status(self, repository: str, session_id: str) -> UploadStatus:
         """The session's progress; BLOB_UPLOAD_UNKNOWN if it does not exist in this repository."""
@@ -164,11 +247,25 @@ class Uploads:
             row[0]
             for row in self.db.execute("SELECT id FROM uploads WHERE updated_at < ?", (cutoff,))
         ]
+        removed = 0
         for session_id in stale:
             if session_id in self._locks and self._locks[session_id].locked():
                 continue
-            self.forget(session_id)
-            self.layout.upload(session_id).unlink(missing_ok=True)
+            path = self.layout.upload(session_id)
+            try:
+                fd = _try_lock(path)
+            except FileNotFoundError:
+                self.forget(session_id)  # nothing was ever written: only the row
+                removed += 1
+                continue
+            if fd is None:
+                continue  # a download holds it (perhaps in the sync process): not abandoned
+            try:
+                self.forget(session_id)
+                path.unlink(missing_ok=True)
+                removed += 1
+            finally:
+                os.close(fd)
         # A file with no row is left by a crash between creating a session's file and its row.
         known = {row[0] for row in self.db.execute("SELECT id FROM uploads")}
         orphans = 0
@@ -176,4 +273,17 @@ class Uploads:
             if entry.name not in known and entry.stat().st_mtime < time.time() - 60:
                 os.unlink(entry.path)
                 orphans += 1
-        return len(stale) + orphans
+        return removed + orphans
+
+
+def _try_lock(path: Path, create: bool = False) -> int | None:
+    """A descriptor holding an exclusive flock on `path`, or None if another holder has it.
+    FileNotFoundError when `path` does not exist (unless `create`)."""
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    fd = os.open(path, flags, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -12,7 +12,12 @@ What a caller may rely on:
 - Integrity: a manifest fetched by digest is checked against that digest, one fetched by tag
   against `Docker-Content-Digest` when the registry sends it. Blobs are streamed unverified: the
   store verifies them as they are written (`Store.finish_upload`), so nothing bad is stored.
-- A blob stream interrupted mid-body continues with `Range` from the bytes already yielded.
+- Resuming: a blob stream interrupted mid-body continues with `Range` from the bytes already
+  yielded, and a caller holding bytes from an earlier run starts with `Range` too
+  (`blob_chunks(start=…)`); an upstream that answers a `Range` with the whole blob raises
+  `RangeIgnored`, so the caller restarts from zero.
+- Bandwidth: with a `limiter` (bandwidth.py), every blob chunk downloaded or uploaded takes its
+  bytes from it; share one limiter (`limiter_for(rate)`) between clients to share the limit.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from appliance.auth.certificates import client_trust
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import MANIFEST_TYPES
+from appliance.sync.bandwidth import TokenBucket
 
 CHUNK = 1024 * 1024
 TRIES = 5
@@ -65,6 +71,14 @@ class UpstreamUnreachable(RegistryError):
         super().__init__(UPSTREAM_UNREACHABLE, f"cannot reach {endpoint}: {reason}")
 
 
+class RangeIgnored(RegistryError):
+    """The upstream answered a `Range` request with the whole blob (200): the bytes the caller
+    holds cannot be continued, only thrown away and fetched again from zero."""
+
+    def __init__(self, endpoint: str, digest: Digest) -> None:
+        super().__init__("RANGE_UNSUPPORTED", f"{endpoint} ignored Range for blob {digest}")
+
+
 @dataclass(frozen=True, slots=True)
 class FetchedManifest:
     body: bytes
@@ -93,7 +107,8 @@ def next_link(header: str | None, base: str) -> str | None:
 
 
 class RegistryClient:
-    """One upstream registry. Use as `async with`; `requests` counts every HTTP request sent."""
+    """One upstream registry. Use as `async with`; `requests` counts every HTTP request sent.
+    `limiter`, when given, paces every blob transfer (it may be shared with other clients)."""
 
     def __init__(
         self,
@@ -103,6 +118,7 @@ class RegistryClient:
         ca_pem: bytes | None = None,
         tries: int = TRIES,
         timeout: aiohttp.ClientTimeout = TIMEOUT,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.endpoint = self.base_url.split("://", 1)[-1]
@@ -121,6 +137,7 @@ class RegistryClient:
         self._tokens: dict[str, str] = {}
         self._realm: dict[str, str] | None = None
         self._use_basic = False
+        self._limiter = limiter
         self.requests = 0
 
     async def __aenter__(self) -> RegistryClient:
@@ -229,7 +246,8 @@ class RegistryClient:
         self, name: str, digest: Digest, start: int = 0
     ) -> AsyncGenerator[bytes, None]:
         """The blob's bytes from `start` on, in chunks as they arrive. A connection lost
-        mid-body is picked up again with `Range` (bounded retries)."""
+        mid-body is picked up again with `Range` (bounded retries). `RangeIgnored` when the
+        upstream sends the whole blob to a `Range` request: nothing of it has been yielded."""
         url = f"{self.base_url}/v2/{name}/blobs/{digest}"
         offset, failures = start, 0
         while True:
@@ -241,12 +259,11 @@ class RegistryClient:
                     expected_status = 206 if offset else 200
                     if response.status != expected_status:
                         if offset and response.status == 200:
-                            raise RegistryError(
-                                "RANGE_UNSUPPORTED",
-                                f"{self.endpoint} ignored Range for blob {digest}",
-                            )
+                            raise RangeIgnored(self.endpoint, digest)
                         raise await _refusal(response, f"blob {name}@{digest}")
                     async for chunk in response.content.iter_chunked(CHUNK):
+                        if self._limiter is not None:
+                            await self._limiter.take(len(chunk))
                         offset += len(chunk)
                         yield chunk
                     return
@@ -318,7 +335,7 @@ class RegistryClient:
         size = path.stat().st_size
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         async with await self._send(
-            "PUT", target, _push(name), headers, body=lambda: _file_chunks(path)
+            "PUT", target, _push(name), headers, body=lambda: _file_chunks(path, self._limiter)
         ) as response:
             if response.status != 201:
                 raise await _refusal(response, f"upload of {name}@{digest}")
@@ -486,11 +503,15 @@ def _delete(name: str) -> str:
     return f"repository:{name}:delete"
 
 
-async def _file_chunks(path: Path) -> AsyncGenerator[bytes, None]:
-    """The file's bytes in chunks, read off the event loop."""
+async def _file_chunks(
+    path: Path, limiter: TokenBucket | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The file's bytes in chunks, read off the event loop, each paced by `limiter`."""
     handle = await asyncio.to_thread(path.open, "rb")
     try:
         while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            if limiter is not None:
+                await limiter.take(len(chunk))
             yield chunk
     finally:
         handle.close()

@@ -16,13 +16,22 @@ push.py hands a tag to the parent, origin 'parent', once the parent has it or wo
 Every tag moved here from the parent also records the parent's digest in node_state
 (`parent_tags/<repo>/<tag>`), which push sync compares with the parent's current one.
 
-A run has a deadline, the end of its sync window: it is checked before each tag, manifest and
-blob, so a run past its window stops between them (`WindowClosed`); blobs already under way
-finish, and a manifest whose blobs did not all arrive is not stored. What was copied stays.
+Blob downloads survive the run: a download that fails (the upstream unreachable after the
+client's retries, the window closing, the process killed) keeps its upload session, which
+records the digest (`Uploads.download`), and the next download of that blob, in any repository,
+resumes from the file's length with `Range`. An upstream that ignores `Range` gets the blob
+fetched again from zero; bytes that do not hash to the digest are dropped, never stored; a
+partial nobody resumes is purged after 24 h idle like any upload session. The report counts the
+bytes received in this run (`bytes`) apart from those of stored blobs that an earlier run had
+already fetched (`resumed_bytes`).
 
-Not here yet: resuming a blob interrupted in an earlier run (a failed transfer's session is
-dropped; within one run the client resumes with Range), new referrers of a manifest that is
-already complete locally, and removing repositories that left the scope.
+A run has a deadline, the end of its sync window: it is checked before each tag, manifest and
+blob and for each chunk of a blob, so a run past its window stops there (`WindowClosed`): a
+blob under way keeps its partial for the next window, and a manifest whose blobs did not all
+arrive is not stored. What was copied stays.
+
+Not here yet: new referrers of a manifest that is already complete locally, and removing
+repositories that left the scope.
 """
 
 from __future__ import annotations
@@ -37,8 +46,10 @@ from appliance.oci.errors import OCIError
 from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
-from appliance.sync.client import FetchedManifest, RegistryClient, RegistryError
+from appliance.storage.uploads import UploadStatus
+from appliance.sync.client import FetchedManifest, RangeIgnored, RegistryClient, RegistryError
 from appliance.sync.content import TagFilter
+from appliance.sync.progress import current_progress
 from appliance.sync.push import parent_tag_key
 from appliance.sync.schedule import NO_DEADLINE, Deadline
 
@@ -46,6 +57,7 @@ from appliance.sync.schedule import NO_DEADLINE, Deadline
 # latency-bound, few enough not to thrash a small device's disk.
 PARALLEL_BLOBS = 4
 READ_ONLY = "ReadOnly"
+SIZE_INVALID = "SIZE_INVALID"
 
 
 @dataclass
@@ -55,7 +67,10 @@ class Transfer:
     repositories: int = 0
     manifests: int = 0
     blobs: int = 0
+    # Received from the upstream in this run, stored or kept as a partial.
     bytes: int = 0
+    # Of the blobs stored in this run, the bytes an earlier run had already fetched.
+    resumed_bytes: int = 0
     mounted: int = 0
     tags_moved: int = 0
     tags_deleted: int = 0
@@ -66,6 +81,7 @@ class Transfer:
         self.manifests += other.manifests
         self.blobs += other.blobs
         self.bytes += other.bytes
+        self.resumed_bytes += other.resumed_bytes
         self.mounted += other.mounted
         self.tags_moved += other.tags_moved
         self.tags_deleted += other.tags_deleted
@@ -73,7 +89,8 @@ class Transfer:
 
 
 class WindowClosed(Exception):
-    """The sync window ended: the run stops between units of work, keeping what was copied."""
+    """The sync window ended: the run stops where it is, keeping what was copied and the
+    partial of a blob under way."""
 
 
 class RepositoryCopy:
@@ -91,8 +108,8 @@ class RepositoryCopy:
     ) -> None:
         self.client = client
         self.deadline = deadline
-        # Set by a blob that found the window closed before it started: the manifest that
-        # needed it is then not stored (it would be incomplete) and the run stops.
+        # Set by a blob that found the window closed, before it started or mid-way: the
+        # manifest that needed it is then not stored (it would be incomplete) and the run stops.
         self._stopped = False
         self.store = store
         self.repository = repository
@@ -154,9 +171,17 @@ class RepositoryCopy:
         parsed = parse_manifest(fetched.body, fetched.media_type)
         for child in parsed.manifests:
             await self._copy_manifest(child.digest)
-        await asyncio.gather(*(self._copy_blob(d) for d in _unique(required_blobs(parsed))))
+        # Every blob ends (stored, stopped or failed) before the manifest's fate is decided: a
+        # failure does not leave the others running on past the run, holding their sessions.
+        outcomes = await asyncio.gather(
+            *(self._copy_blob(d) for d in _unique(required_blobs(parsed))),
+            return_exceptions=True,
+        )
         if self._stopped:
             raise WindowClosed()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         if not self.dry_run:
             self.store.put_manifest(
                 self.repository,
@@ -169,6 +194,7 @@ class RepositoryCopy:
             await self.store.flush()
         self._done[digest] = fetched
         self.transfer.manifests += 1
+        current_progress().manifest_copied()
         return fetched
 
     async def _copy_referrers(self, subject: Digest) -> None:
@@ -205,30 +231,57 @@ class RepositoryCopy:
                 self.transfer.mounted += 1
                 return
         if self.dry_run:
+            on_disk = min(self.store.uploads.partial_size(digest), descriptor.size)
             self.transfer.blobs += 1
-            self.transfer.bytes += descriptor.size
+            self.transfer.bytes += descriptor.size - on_disk
+            self.transfer.resumed_bytes += on_disk
             return
         async with self._blob_slots:
-            # Checked once a slot is free, so blobs already under way finish (cleanly, stored)
-            # and no new one starts after the window closed.
+            # Checked once a slot is free, so no new blob starts after the window closed.
             if self._stopped or self.deadline.passed():
                 self._stopped = True
                 self._blobs_done.discard(digest)
                 return
-            session = self.store.uploads.create(self.repository)
-            chunks = self.client.blob_chunks(self.repository, digest)
-            counted = _Counted(chunks, descriptor.size)
-            try:
-                await self.store.finish_upload(session, digest, counted, origin=Origin.PARENT)
-            except BaseException:
-                # Its bytes can never be trusted now; the store already dropped it on a mismatch.
+            with self.store.uploads.download(self.repository, digest) as session:
+                resumed = session.size
+                if resumed > descriptor.size:
+                    resumed, session = 0, self.store.uploads.restart(session)  # not this blob
+                try:
+                    await self._download(session, descriptor)
+                except RangeIgnored:
+                    # The upstream cannot continue: what is on disk goes, the blob comes whole.
+                    resumed, session = 0, self.store.uploads.restart(session)
+                    await self._download(session, descriptor)
+        self.transfer.blobs += 1
+        self.transfer.resumed_bytes += resumed
+        current_progress().blob_copied()
+
+    async def _download(self, session: UploadStatus, descriptor: Descriptor) -> None:
+        """Fetch the rest of the blob from `session.size` into the session and store it. On
+        failure the session stays as a partial, unless its bytes cannot be the blob."""
+        digest = descriptor.digest
+        remaining = descriptor.size - session.size
+        chunks = self.client.blob_chunks(self.repository, digest, session.size)
+        counted = _Counted(chunks, remaining, self.deadline)
+        current_progress().blob_started(str(digest), remaining)
+        try:
+            # A partial that holds every byte only needs its digest checked.
+            body = counted if remaining > 0 else None
+            await self.store.finish_upload(session, digest, body, origin=Origin.PARENT)
+        except WindowClosed:
+            self._stopped = True
+            self._blobs_done.discard(digest)
+            raise
+        except RegistryError as err:
+            if err.code == SIZE_INVALID:
+                # More bytes than the blob has: none of them can be trusted.
                 with contextlib.suppress(OSError):
                     self.store.uploads.cancel(session)
-                raise
-            finally:
-                await chunks.aclose()
-        self.transfer.blobs += 1
-        self.transfer.bytes += counted.size
+            raise
+        finally:
+            await chunks.aclose()
+            self.transfer.bytes += counted.size
+            current_progress().blob_ended(str(digest))
 
     # -- tags ------------------------------------------------------------------------------
 
@@ -262,23 +315,30 @@ class RepositoryCopy:
 
 
 class _Counted:
-    """A blob stream that counts its bytes and stops an upstream that sends more than the
-    descriptor's size (it cannot be the blob, and it must not fill the disk)."""
+    """A blob stream that counts its bytes, stops an upstream that sends more than the
+    descriptor's size (it cannot be the blob, and it must not fill the disk), and stops at the
+    deadline (`WindowClosed`: what arrived so far stays on disk for the next window)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], limit: int) -> None:
+    def __init__(
+        self, chunks: AsyncIterator[bytes], limit: int, deadline: Deadline = NO_DEADLINE
+    ) -> None:
         self._chunks = chunks
         self._limit = limit
+        self._deadline = deadline
         self.size = 0
 
     def __aiter__(self) -> _Counted:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._deadline.passed():
+            raise WindowClosed()
         chunk = await anext(self._chunks)
         self.size += len(chunk)
+        current_progress().bytes_received(len(chunk))
         if self.size > self._limit:
             raise RegistryError(
-                "SIZE_INVALID", f"the upstream sent more than the {self._limit} bytes described"
+                SIZE_INVALID, f"the upstream sent more than the {self._limit} bytes expected"
             )
         return chunk
 

@@ -9,7 +9,8 @@ The upstreams of a node:
 
 With the parent, one run is one conversation over one gateway session (PROTOCOL.md §3):
 1. settings, with If-None-Match on the stored ETag: on 200 they are stored and their client
-   tokens applied (`Credentials.replace_from_parent`), so repositories, tag filters, tokens,
+   tokens and children's sync tokens applied (`Credentials.replace_from_parent` of
+   `served_tokens`: children pull and push here with them), so repositories, tag filters, tokens,
    schedule, window, TTL and log level take effect in this very run; on 304 the cache is used;
    an unreachable parent means the cache, `connection_state = Offline`, and nothing else;
 2. the window (`schedule.py`): outside it nothing more is asked or moved and the report says
@@ -33,9 +34,17 @@ On a ReadWrite device the outbox is replayed to the parent (push.py) after the w
 before the change feed; its conflicts (the parent wins) go into the status details, and the
 repositories where the parent won are pulled in the same run so the device's tags follow.
 
-Not in this slice: the bandwidth limit, the plain upstreams' own schedules, the hand-off to the
-running service over `control.sock` (runs are in-process), and the service applying a new log
-level (a run applies it to its own process).
+Every client a run makes (pull and push, parent and plain upstreams) shares the process's one
+token bucket for `[sync] bandwidth_limit` (bandwidth.py), so the limit holds for all transfers
+together.
+
+A run goes on in whichever process calls `run_sync`: the running service when
+`connected-registry sync` reaches it over `control.sock` (control/local.py), else the command
+itself. Its `Progress` (progress.py) is live under its run id, which the report and every log
+line carry; the last run that was not dry is summed up in the node state (`last_run`).
+
+The parent's log level applies to the process the run is in (the service's, through the
+socket). Not in this slice: the plain upstreams' own schedules.
 """
 
 from __future__ import annotations
@@ -54,24 +63,47 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
+from appliance.auth.scopes import matches
 from appliance.auth.tokens import CredentialError, Credentials
 from appliance.config import Config
 from appliance.control.gateway_client import GatewayClient, GatewayError, ParentUnreachable
-from appliance.control.hierarchy import OFFLINE, ONLINE, READ_WRITE, SYNCING
+from appliance.control.hierarchy import CONFLICT_DETAIL, OFFLINE, ONLINE, READ_WRITE, SYNCING
 from appliance.control.node import CONNECTED, NodeState
+from appliance.control.relay import served_tokens
 from appliance.control.schedule import ScheduleError
 from appliance.oci.errors import OCIError
 from appliance.storage.schema import write_transaction
-from appliance.storage.store import Store
+from appliance.storage.store import Origin, Store
+from appliance.sync.bandwidth import limiter_for
 from appliance.sync.client import RegistryClient, RegistryError, UpstreamUnreachable
 from appliance.sync.content import ScopeError, TagFilter, repositories_in_scope
 from appliance.sync.copy import RepositoryCopy, Transfer, WindowClosed
-from appliance.sync.push import TAG_CONFLICT, Push, PushReport, pending
-from appliance.sync.schedule import NO_DEADLINE, Clock, Deadline, Window, utc_now, window_at
+from appliance.sync.progress import Progress, current_progress, tracking
+from appliance.sync.push import TAG_CONFLICT, Push, PushReport, parent_tag_key, pending
+from appliance.sync.schedule import (
+    NO_DEADLINE,
+    Clock,
+    Deadline,
+    Window,
+    last_occurrence,
+    next_occurrence,
+    utc_now,
+    window_at,
+)
+from appliance.system.logs import fields, run_context
+
+log = logging.getLogger(__name__)
 
 PARENT_UNREACHABLE = "PARENT_UNREACHABLE"
 # node_state key: the parent's change-feed position this node has applied.
 CHANGES_CURSOR = "changes_cursor"
+# node_state key: the last run that was not dry, summed up (Progress.summary) for `status`.
+LAST_RUN = "last_run"
+# node_state key: `connected-registry resync` on this node asked for a full reconcile.
+RESYNC_REQUESTED = "resync_requested"
+# node_state key prefix: when a scheduled `[[upstream]]` (by URL) last completed a run.
+UPSTREAM_RUN = "upstream_run/"
+STAMP = "%Y-%m-%dT%H:%M:%SZ"
 # Pages of the feed read in one run (1000 changes each on our parent): a bound, not a target;
 # the rest is read at the next run.
 MAX_FEED_PAGES = 50
@@ -105,9 +137,20 @@ class Source:
     password: str | None = None
     ca_pem: bytes | None = None
     is_parent: bool = False
+    # `[sync] bandwidth_limit`, bytes/second (None: unlimited).
+    bandwidth_limit: int | None = None
+    # A plain upstream's own cron schedule (UTC); None: every run.
+    schedule: str | None = None
 
     def client(self) -> RegistryClient:
-        return RegistryClient(self.url, self.username, self.password, self.ca_pem)
+        """A client paced by the process's shared bucket for the bandwidth limit."""
+        return RegistryClient(
+            self.url,
+            self.username,
+            self.password,
+            self.ca_pem,
+            limiter=limiter_for(self.bandwidth_limit),
+        )
 
 
 @dataclass
@@ -125,6 +168,8 @@ class SourceReport:
     window_closed: bool = False
     # Push sync to the parent (ReadWrite devices only); its conflicts go into status details.
     push: PushReport | None = None
+    # Repositories removed because they left the scope (ReadOnly devices, full reconciles).
+    removed: list[str] = field(default_factory=list)
 
     def absorb(self, other: SourceReport) -> None:
         """Add a pull's outcome to this (the parent's) report."""
@@ -140,6 +185,7 @@ class SourceReport:
 class SyncReport:
     dry_run: bool
     seconds: float = 0.0
+    run_id: str = ""
     sources: list[SourceReport] = field(default_factory=list)
     # The parent's window at the start of the run (None: no parent).
     window: Window | None = None
@@ -166,6 +212,7 @@ class SyncReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "runId": self.run_id,
             "dryRun": self.dry_run,
             "seconds": round(self.seconds, 3),
             "requests": self.requests,
@@ -183,6 +230,7 @@ class SyncReport:
                     "warnings": r.warnings,
                     "errors": r.errors,
                     "push": r.push.to_json() if r.push is not None else None,
+                    "repositoriesRemoved": r.removed,
                 }
                 for r in self.sources
             ],
@@ -210,6 +258,7 @@ def _transfer_json(transfer: Transfer) -> dict[str, Any]:
         "manifests": fields["manifests"],
         "blobs": fields["blobs"],
         "bytes": fields["bytes"],
+        "bytesResumed": fields["resumed_bytes"],
         "blobsMounted": fields["mounted"],
         "tagsMoved": fields["tags_moved"],
         "tagsDeleted": fields["tags_deleted"],
@@ -242,12 +291,15 @@ def sources(store: Store, config: Config) -> list[Source]:
     node = NodeState(store)
     found: list[Source] = []
     if node.role == CONNECTED:
-        found.append(parent_source(store, node.settings() or {}))
+        found.append(parent_source(store, node.settings() or {}, config.bandwidth_limit))
     return found + upstream_sources(config)
 
 
-def parent_source(store: Store, settings: dict[str, Any]) -> Source:
-    """The parent as an upstream, scoped by `settings` (the ones this run fetched or cached)."""
+def parent_source(
+    store: Store, settings: dict[str, Any], bandwidth_limit: int | None = None
+) -> Source:
+    """The parent as an upstream, scoped by `settings` (the ones this run fetched or cached),
+    its transfers paced by `bandwidth_limit` (bytes/second, the config's)."""
     node = NodeState(store)
     endpoint, protocol = node.get("parent_endpoint"), node.get("parent_protocol")
     credential = node.sync_credential()
@@ -267,6 +319,7 @@ def parent_source(store: Store, settings: dict[str, Any]) -> Source:
         password=credential.password,
         ca_pem=anchor.read_bytes() if anchor.exists() else None,
         is_parent=True,
+        bandwidth_limit=bandwidth_limit,
     )
 
 
@@ -294,6 +347,8 @@ def upstream_sources(config: Config) -> list[Source]:
                 username=username,
                 password=password,
                 ca_pem=ca_pem,
+                bandwidth_limit=config.bandwidth_limit,
+                schedule=upstream.schedule,
             )
         )
     return found
@@ -319,20 +374,44 @@ def _credentials(path: Path) -> tuple[str, str]:
 
 
 async def run_sync(
-    store: Store, config: Config, dry_run: bool = False, clock: Clock = utc_now
+    store: Store,
+    config: Config,
+    dry_run: bool = False,
+    clock: Clock = utc_now,
+    progress: Progress | None = None,
 ) -> SyncReport:
     """Sync every upstream; failures are in the report (`errors`), never raised, so one
     unreachable upstream does not stop the others. `clock` is UTC wall time, injected so the
-    window and its deadline can be tested."""
+    window and its deadline can be tested. `progress` (a new one when None) follows the run
+    live; its run id is the report's and every log line's. A run that is not dry is summed up
+    in the node state (`last_run`) for `connected-registry status`."""
+    progress = progress or Progress(dry_run)
+    with tracking(progress), run_context(progress.run_id):
+        report = await _run(store, config, dry_run, clock)
+    report.run_id = progress.run_id
+    progress.finish()
+    if not dry_run:
+        NodeState(store).set(LAST_RUN, json.dumps(progress.summary(report.to_json())))
+    return report
+
+
+async def _run(store: Store, config: Config, dry_run: bool, clock: Clock) -> SyncReport:
     started = time.monotonic()
     report = SyncReport(dry_run)
     node = NodeState(store)
     # Plain upstreams first, so the status the parent gets at the end lists their errors too.
-    # They are not under the parent's window (their own schedule is still to come).
+    # They are not under the parent's window: each follows its own `schedule`, if it has one.
     for source in upstream_sources(config):
-        report.sources.append(await _sync_source(store, source, node.mode, dry_run))
+        now = clock()
+        if not _due(store, source, now):
+            report.sources.append(_not_due(source, now))
+            continue
+        pulled = await _sync_source(store, source, node.mode, dry_run)
+        if not dry_run and not pulled.errors:
+            store.set_state(UPSTREAM_RUN + source.url, now.strftime(STAMP))
+        report.sources.append(pulled)
     if node.role == CONNECTED:
-        report.sources.insert(0, await _sync_parent(store, node, report, dry_run, clock))
+        report.sources.insert(0, await _sync_parent(store, config, node, report, dry_run, clock))
     report.seconds = time.monotonic() - started
     # A last sync is one that completed: not one that failed, stopped, or did not run.
     in_window = report.window is None or report.window.open
@@ -342,7 +421,7 @@ async def run_sync(
 
 
 async def _sync_parent(
-    store: Store, node: NodeState, run: SyncReport, dry_run: bool, clock: Clock
+    store: Store, config: Config, node: NodeState, run: SyncReport, dry_run: bool, clock: Clock
 ) -> SourceReport:
     """Settings, window, change feed, pull, status: one conversation with the parent over one
     gateway session, so an idle run costs settings (304) + changes + status."""
@@ -352,6 +431,7 @@ async def _sync_parent(
         raise SyncError(f"{err.code}: {err.message}") from None
     cached = node.settings() or {}
     report = SourceReport(f"parent {gateway.endpoint}")
+    current_progress().set_phase("settings", report.source)
     client: RegistryClient | None = None
     async with gateway:
         settings = await _refresh_settings(store, node, gateway, cached, report, run, dry_run)
@@ -372,12 +452,13 @@ async def _sync_parent(
             report.feed = "closed"
             report.requests = gateway.requests
             return report
-        source = parent_source(store, settings)
+        source = parent_source(store, settings, config.bandwidth_limit)
         pusher: RegistryClient | None = None
         if node.mode == READ_WRITE:
             # Before the pull: the device's own writes go up first, so a conflict is decided
             # (the parent wins) before the pull brings the parent's tags down.
             pusher = source.client()
+            current_progress().set_phase("pushing")
             report.push = await _push(store, source, pusher, settings, report, dry_run)
         if report.unreachable:
             plan = _Plan(full=False, repositories=[], cursor=None)
@@ -395,8 +476,13 @@ async def _sync_parent(
             pulled = await _pull(store, source, client, node.mode, dry_run, deadline, named)
             report.absorb(pulled)
         clean = not report.errors and not report.unreachable and not report.window_closed
+        if clean and plan.full and node.mode != READ_WRITE:
+            # Only after a clean full reconcile: the scope was just read whole from the parent.
+            report.removed = remove_out_of_scope(store, source.repositories, config, dry_run)
         if clean and not dry_run and plan.cursor is not None:
             node.set(CHANGES_CURSOR, str(plan.cursor))
+        if clean and not dry_run and plan.full:
+            store.delete_state(RESYNC_REQUESTED)
         if report.unreachable:
             _record_contact(node, dry_run, reachable=False)
         elif not dry_run:
@@ -478,7 +564,7 @@ async def _refresh_settings(
     try:
         with write_transaction(store.db):
             # Tokens, repositories, schedule, window, TTL and log level all take effect now.
-            Credentials(store.db).replace_from_parent(fresh.body.get("clientTokens") or [])
+            Credentials(store.db).replace_from_parent(served_tokens(fresh.body))
             node.set("settings", json.dumps(fresh.body, sort_keys=True))
             if fresh.etag:
                 node.set("settings_etag", fresh.etag)
@@ -513,7 +599,8 @@ async def _plan(
     parent offers no feed."""
     stored = node.get(CHANGES_CURSOR)
     cursor = int(stored) if stored and stored.isdigit() else None
-    full = cursor is None or bool(settings.get("resync")) or _scope(cached) != _scope(settings)
+    asked = bool(settings.get("resync")) or node.get(RESYNC_REQUESTED) is not None
+    full = cursor is None or asked or _scope(cached) != _scope(settings)
     named: set[str] = set()
     position = 0 if full else cursor
     try:
@@ -536,8 +623,8 @@ async def _plan(
         report.errors.append(f"{PARENT_UNREACHABLE}: cannot reach {err.endpoint}: {err.reason}")
         return _Plan(full=False, repositories=[], cursor=None)
     except GatewayError as err:
-        # A parent without a feed (an older one, or a middle node: relaying the feed is not
-        # done yet) still gets a correct, if dearer, full reconcile.
+        # A parent without a feed (an older release, or a plain registry in its place) still
+        # gets a correct, if dearer, full reconcile.
         report.warnings.append(f"no change feed from the parent ({err.code}): full reconcile")
         report.feed = "full"
         return _Plan(full=True, repositories=[], cursor=None)
@@ -546,6 +633,31 @@ async def _plan(
         return _Plan(full=True, repositories=[], cursor=position)
     report.feed = "changes" if named else "idle"
     return _Plan(full=False, repositories=sorted(named), cursor=position)
+
+
+def remove_out_of_scope(store: Store, scope: list[str], config: Config, dry_run: bool) -> list[str]:
+    """Remove the repositories of a ReadOnly node that no longer match the parent's scope nor
+    any `[[upstream]]`'s (DESIGN.md §2): everything on such a node came from upstream, so what
+    is out of every scope is stale, and keeping it would serve content the parent withdrew.
+    On a ReadWrite node a client's own pushes live beside the parent's, so nothing goes there.
+    The names removed (in a dry run: that would be)."""
+    kept = scope + [entry for upstream in config.upstreams for entry in upstream.repositories]
+    removed: list[str] = []
+    last: str | None = None
+    while True:
+        names, more = store.repositories(1000, last)
+        for name in names:
+            if not any(matches(entry, name) for entry in kept):
+                removed.append(name)
+        if not more or not names:
+            break
+        last = names[-1]
+    for name in removed if not dry_run else []:
+        store.remove_repository(name, Origin.PARENT)
+        for key in store.state_keys(parent_tag_key(name, "")):
+            store.delete_state(key)
+        log.info("removed repository %s: it left the sync scope", name)
+    return removed
 
 
 def _scope(settings: dict[str, Any]) -> tuple[Any, ...]:
@@ -590,7 +702,7 @@ def _detail_type(code: str) -> str:
     if "UNREACHABLE" in code:
         return "ConnectivityError"
     # The parent won a tag both sides moved: reported, nothing failed (PROTOCOL.md §4).
-    return "SyncConflict" if code == TAG_CONFLICT else "SyncError"
+    return CONFLICT_DETAIL if code == TAG_CONFLICT else "SyncError"
 
 
 def _record_contact(node: NodeState, dry_run: bool, reachable: bool) -> None:
@@ -605,6 +717,26 @@ def _apply_log_level(level: Any) -> None:
     """The parent's logLevel for the rest of this process (the service applies it likewise)."""
     if isinstance(level, str) and level in LOG_LEVELS:
         logging.getLogger("appliance").setLevel(LOG_LEVELS[level])
+
+
+def _due(store: Store, source: Source, now: datetime) -> bool:
+    """An upstream with a schedule runs when an occurrence has passed since its last complete
+    run (or it never completed one); one without runs every time."""
+    if source.schedule is None:
+        return True
+    last = store.state(UPSTREAM_RUN + source.url)
+    if last is None:
+        return True
+    done = datetime.strptime(last, STAMP).replace(tzinfo=UTC)
+    return last_occurrence(source.schedule, now) > done
+
+
+def _not_due(source: Source, now: datetime) -> SourceReport:
+    assert source.schedule is not None
+    report = SourceReport(source.label, feed="not due")
+    due = next_occurrence(source.schedule, now).strftime(STAMP)
+    report.warnings.append(f"not due: its schedule {source.schedule!r} runs it next at {due}")
+    return report
 
 
 async def _sync_source(store: Store, source: Source, mode: str, dry_run: bool) -> SourceReport:
@@ -625,6 +757,7 @@ async def _pull(
 ) -> SourceReport:
     """Reconcile `named` repositories, or (None) every repository in the source's scope."""
     report = SourceReport(source.label)
+    current_progress().set_phase("pulling", source.label)
     async with client:
         try:
             if named is None:
@@ -633,10 +766,12 @@ async def _pull(
                 repositories = scope.repositories
             else:
                 repositories = named
+            current_progress().repositories_found(len(repositories))
             for repository in repositories:
                 if deadline.passed():
                     raise WindowClosed()
                 report.repositories_checked += 1
+                current_progress().repository_started(repository)
                 copy = RepositoryCopy(
                     client,
                     store,
@@ -653,7 +788,16 @@ async def _pull(
                     raise
                 except (RegistryError, OCIError) as err:
                     report.errors.append(f"{_code(err)}: {repository}: {_message(err)}")
+                    log.warning(
+                        "%s: %s: %s",
+                        repository,
+                        _code(err),
+                        _message(err),
+                        extra=fields(repository=repository),
+                    )
                 report.transfer.add(copy.transfer)
+                _log_copied(repository, copy.transfer, dry_run)
+                current_progress().repository_finished()
         except WindowClosed:
             report.window_closed = True
             report.warnings.append("the sync window closed: stopped; the rest follows next window")
@@ -664,6 +808,23 @@ async def _pull(
         except RegistryError as err:
             report.errors.append(f"{err.code}: {err.message}")
     return report
+
+
+def _log_copied(repository: str, moved: Transfer, dry_run: bool) -> None:
+    """One journal line per repository that changed, with its REPOSITORY field."""
+    if not (moved.manifests or moved.tags_moved or moved.tags_deleted or moved.blobs):
+        return
+    log.info(
+        "%s %s: %d manifests, %d blobs (%d bytes), %d tags moved, %d deleted",
+        "would copy" if dry_run else "copied",
+        repository,
+        moved.manifests,
+        moved.blobs,
+        moved.bytes,
+        moved.tags_moved,
+        moved.tags_deleted,
+        extra=fields(repository=repository),
+    )
 
 
 def _code(err: RegistryError | OCIError) -> str:

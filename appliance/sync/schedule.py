@@ -73,8 +73,9 @@ def window_at(schedule: str | None, window: str | None, now: datetime) -> Window
 
 
 class Deadline:
-    """The end of the window a run started in, checked by the copy loop between repositories,
-    manifests and blobs (never in the middle of one: what is being copied is finished)."""
+    """The end of the window a run started in, checked by the copy loop between repositories
+    and manifests and at every chunk of a blob: a blob cut short keeps its bytes on disk and the
+    next window resumes it with `Range`."""
 
     def __init__(self, closes_at: datetime | None, clock: Clock = utc_now) -> None:
         self.closes_at = closes_at

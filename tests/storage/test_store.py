@@ -115,6 +115,8 @@ async def test_a_database_of_an_older_release_migrates_forward_keeping_its_conte
     conn = sqlite3.connect(tmp_path / "registry.db")
     for table in ("token_passwords", "tokens", "scope_maps", "connected_registries"):
         conn.execute(f"DROP TABLE {table}")
+    conn.execute("DROP INDEX idx_uploads_digest")
+    conn.execute("ALTER TABLE uploads DROP COLUMN digest")
     conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()

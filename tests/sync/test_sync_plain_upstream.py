@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -30,13 +30,11 @@ from oci import (
 )
 from sync_helpers import DistributionRegistry, clean_env, get, run_sync, sync_json
 
+from appliance.cli.options import load
 from appliance.oci.digests import Digest
 from appliance.storage.store import Store
+from appliance.sync.run import run_sync as run_sync_in_process
 from appliance.sync.run import sync_lock
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("docker-registry") is None, reason="docker-registry is not installed"
-)
 
 USER, PASSWORD = "mirror", "s3cret-pw"
 SIGNATURE = "application/vnd.example.signature"
@@ -313,3 +311,45 @@ async def test_an_upstream_that_sends_wrong_bytes_is_refused_and_nothing_is_stor
         assert list(store.layout.uploads.iterdir()) == []
     finally:
         store.close()
+
+
+async def test_an_upstream_with_a_schedule_runs_only_when_an_occurrence_passed(
+    upstream: DistributionRegistry, tmp_path: Path
+) -> None:
+    """`schedule` on an `[[upstream]]`: cron, UTC, evaluated with an injected clock."""
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        await push_image(http, upstream.url, "mirror/app", make_image("nightly"), "v1")
+    config = load(node_config(tmp_path, upstream.url, ["mirror/app"], schedule="0 3 * * *"), None)
+    store = Store(config.data_dir)
+    clock = [datetime(2030, 1, 1, 2, 0, tzinfo=UTC)]
+    try:
+
+        async def run_at(hour: int, minute: int) -> dict:
+            clock[0] = datetime(2030, 1, 1, hour, minute, tzinfo=UTC)
+            report = await run_sync_in_process(store, config, clock=lambda: clock[0])
+            return report.to_json()["sources"][0]
+
+        first = await run_at(2, 0)  # never ran: due
+        assert first["feed"] is None and first["tagsMoved"] == 1 and first["requests"] > 0
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            await push_image(http, upstream.url, "mirror/app", make_image("later"), "v2")
+        waiting = await run_at(2, 59)  # 03:00 has not come: nothing asked
+        assert waiting["feed"] == "not due" and waiting["requests"] == 0
+        assert waiting["warnings"] == [
+            "not due: its schedule '0 3 * * *' runs it next at 2030-01-01T03:00:00Z"
+        ]
+        assert store.manifest("mirror/app", "v2") is None
+        due = await run_at(3, 1)
+        assert due["tagsMoved"] == 1
+        assert store.manifest("mirror/app", "v2") is not None
+        assert (await run_at(3, 30))["feed"] == "not due"
+    finally:
+        store.close()
+
+
+def test_a_bad_upstream_schedule_is_a_config_error(tmp_path: Path) -> None:
+    path = node_config(tmp_path, "http://127.0.0.1:9", ["mirror/app"], schedule="every night")
+    result = run_sync("--config", str(path))
+    assert result.returncode == 2
+    assert "schedule" in result.stderr and "cron" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -175,6 +175,8 @@ async def test_a_tag_moved_on_both_sides_keeps_the_roots_and_is_reported(
     assert shown.returncode == 0, shown.stderr
     details = json.loads(shown.stdout)["statusDetails"]
     assert [d["code"] for d in details] == ["TAG_CONFLICT"]
+    # Reported, but nothing failed: the parent won by rule, so the device is not Unhealthy.
+    assert json.loads(shown.stdout)["connectionState"] == "Online"
     assert "demo/app:v1" in details[0]["description"]
     # The parent won: the pull (in this same run) moved the device's tag to the root's digest.
     assert device_tag(device, "demo/app", "v1") == (theirs.digest, "parent")
