@@ -37,8 +37,16 @@ def htpasswd_line(user: str, password: str) -> str:
 class DistributionRegistry:
     """`docker-registry serve` on loopback with filesystem storage and deletes enabled."""
 
-    def __init__(self, folder: Path, user: str | None = None, password: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        user: str | None = None,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ):
+        """`tls`: (certificate, key) files to serve HTTPS with."""
         self.folder = folder
+        self.tls = tls
         self.port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
         auth = ""
@@ -50,13 +58,15 @@ class DistributionRegistry:
             "log:\n  level: error\n"
             f"storage:\n  filesystem:\n    rootdirectory: {folder / 'storage'}\n"
             "  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            + (f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else "")
+            + auth
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> DistributionRegistry:
         log = open(self.folder / "registry.log", "ab")  # noqa: SIM115 - handed to the child

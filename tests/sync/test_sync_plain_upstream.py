@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from sync_helpers import DistributionRegistry, clean_env, get, run_sync, sync_js
 
 from appliance.cli.options import load
 from appliance.oci.digests import Digest
+from appliance.storage.layout import Layout
 from appliance.storage.store import Store
 from appliance.sync.run import run_sync as run_sync_in_process
 from appliance.sync.run import sync_lock
@@ -353,3 +356,46 @@ def test_a_bad_upstream_schedule_is_a_config_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "schedule" in result.stderr and "cron" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_an_upstream_over_tls_with_basic_auth_is_mirrored_with_its_ca(
+    tmp_path: Path,
+) -> None:
+    """distribution serving HTTPS with a certificate from a private CA, htpasswd Basic auth:
+    `ca_file` makes it trusted; without it the sync refuses in one line."""
+    certs = tmp_path / "certs"
+    made = subprocess.run(
+        [sys.executable, "-m", "appliance", "tls", "generate", "--host", "127.0.0.1",
+         "--data-dir", str(certs)],
+        env=clean_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    layout = Layout(certs)
+    tls = (layout.tls_server_cert, layout.tls_server_key)
+    registry = DistributionRegistry(tmp_path / "distribution", USER, PASSWORD, tls=tls).start()
+    try:
+        image = make_image("over-tls", layers=2)
+        trust = ssl.create_default_context(cafile=str(layout.tls_ca_cert))
+        connector = aiohttp.TCPConnector(ssl=trust)
+        async with aiohttp.ClientSession(headers=AUTH, connector=connector) as http:
+            await push_image(http, registry.url, "mirror/app", image, "v1")
+
+        untrusted = run_sync("--config", str(node_config(tmp_path, registry.url, ["mirror/app"])))
+        assert untrusted.returncode == 1
+        assert untrusted.stderr.startswith("Error: UNTRUSTED_UPSTREAM: "), untrusted.stderr
+
+        config = node_config(
+            tmp_path, registry.url, ["mirror/app"], ca_file=str(layout.tls_ca_cert)
+        )
+        report = sync_json("--config", str(config))
+        assert report["total"]["tagsMoved"] == 1
+        store = Store(tmp_path / "node")
+        try:
+            stored = store.manifest("mirror/app", "v1")
+            assert stored is not None and stored.content == image.manifest
+            for blob in image.blobs:
+                assert store.blob_path(Digest.parse(digest_of(blob))).read_bytes() == blob
+        finally:
+            store.close()
+    finally:
+        registry.stop()
