@@ -126,7 +126,7 @@ def _positive_int(value: Any) -> int:
 
 def _cron(value: Any) -> str:
     # Five fields, UTC, as the parent's syncSchedule: croniter is the one judge of both.
-    from croniter import croniter
+    from appliance.control.cron import croniter
 
     text = _string(value)
     if len(text.split()) != 5 or not croniter.is_valid(text):

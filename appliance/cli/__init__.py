@@ -2,44 +2,70 @@
 
 Every failure is one line on stderr and a non-zero exit: 2 for usage and config errors, 1 for
 everything else.
+
+The timer runs `sync` every minute on every device, so start-up is paid each minute: a command's
+module (and what it imports: aiohttp's server, cryptography, ...) is imported only when that
+command runs. `--version` imports none; `--help` imports them all, for their short help.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from appliance import __version__
-from appliance.cli.activate import activate, deactivate
-from appliance.cli.cloud import cloud
-from appliance.cli.resync import resync
-from appliance.cli.scope_maps import scope_map
-from appliance.cli.serve import serve
-from appliance.cli.status import status
-from appliance.cli.sync import sync
-from appliance.cli.system import system
-from appliance.cli.tls import tls
-from appliance.cli.tokens import token
+
+# Command name -> "module:attribute" of its click command; the help lists them sorted.
+COMMANDS: dict[str, str] = {
+    "activate": "appliance.cli.activate:activate",
+    "cloud": "appliance.cli.cloud:cloud",
+    "deactivate": "appliance.cli.activate:deactivate",
+    "resync": "appliance.cli.resync:resync",
+    "scope-map": "appliance.cli.scope_maps:scope_map",
+    "serve": "appliance.cli.serve:serve",
+    "status": "appliance.cli.status:status",
+    "sync": "appliance.cli.sync:sync",
+    "system": "appliance.cli.system:system",
+    "tls": "appliance.cli.tls:tls",
+    "token": "appliance.cli.tokens:token",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are named in COMMANDS and imported when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            module, attribute = COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands[cmd_name]
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as err:
+            # click suggests close names from the commands loaded so far (none, here).
+            raise click.exceptions.NoSuchCommand(
+                err.command_name, possibilities=COMMANDS, ctx=ctx
+            ) from None
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="connected-registry")
 def cli() -> None:
     """An OCI registry appliance for edge sites that keeps a replica in sync with its parent."""
-
-
-cli.add_command(serve)
-cli.add_command(tls)
-cli.add_command(scope_map)
-cli.add_command(token)
-cli.add_command(cloud)
-cli.add_command(activate)
-cli.add_command(deactivate)
-cli.add_command(status)
-cli.add_command(sync)
-cli.add_command(resync)
-cli.add_command(system)
 
 
 def main() -> None:

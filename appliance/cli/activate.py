@@ -29,7 +29,6 @@ from appliance.control.activation import (
     Activation,
     ActivationError,
     default_login_server,
-    existing_state,
     login_server_port,
     parse_login_server,
 )
@@ -38,7 +37,7 @@ from appliance.control.activation import deactivate as deactivate_node
 from appliance.control.connection_string import ConnectionString, ConnectionStringError, parse
 from appliance.control.gateway_client import GatewayError
 from appliance.control.node import CLOUD, CONNECTED
-from appliance.storage.layout import Layout
+from appliance.storage.layout import Layout, existing_state
 
 SERVICE_UNIT = Path("/lib/systemd/system/connected-registry.service")
 SERVICE_USER = "connected-registry"

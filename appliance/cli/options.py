@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.auth.tokens import Credentials
 from appliance.config import Config, ConfigError, resolve
-from appliance.storage.schema import SchemaTooNew
-from appliance.storage.store import Store
+
+if TYPE_CHECKING:
+    from appliance.auth.tokens import Credentials
+    from appliance.storage.store import Store
 
 config_option = click.option(
     "--config",
@@ -44,9 +47,59 @@ def load(config_path: Path | None, data_dir: Path | None, **overrides: Any) -> C
         raise ConfigUsageError(str(err)) from None
 
 
+def act_as_owner(data_dir: Path) -> None:
+    """Run by root on a node whose data directory belongs to another user (the service user of
+    a packaged root or device), run the command again as that user: a `sudo connected-registry
+    cloud init`, `token create` or in-process `sync` must not leave a root-owned database, key
+    or blob folder that the service can no longer open or write. Nothing changes for anyone
+    else, nor for a data directory root owns (or that does not exist yet: whoever makes it
+    owns it).
+
+    A new process rather than setuid in this one: the one-file binary unpacks its libraries
+    into a folder only root may read, so this process, once it were another user, could not
+    load what it has not loaded yet. The command has written nothing at this point."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = data_dir.stat()
+    except OSError:
+        return
+    if owner.st_uid == 0:
+        return
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        argv = [sys.executable, *sys.argv[1:]]
+        # A fresh instance that unpacks its own copy, not a child of this one's folder.
+        env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        env.pop("LD_LIBRARY_PATH", None)
+        if original is not None:
+            env["LD_LIBRARY_PATH"] = original
+    else:
+        argv = [sys.executable, "-m", "appliance", *sys.argv[1:]]
+    try:
+        os.setgroups([])
+        os.setgid(owner.st_gid)
+        os.setuid(owner.st_uid)
+    except OSError as err:
+        raise click.ClickException(
+            f"cannot act as the owner (uid {owner.st_uid}) of {data_dir}: {err}"
+        ) from None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
+
+
 def open_store(config: Config) -> Store:
     """The node's store, for commands that work on the data directory directly (the running
-    service may have it open too: SQLite in WAL mode takes both)."""
+    service may have it open too: SQLite in WAL mode takes both). Run by root, as the data
+    directory's owner (`act_as_owner`)."""
+    # Imported here: every command loads this module, and `system check-role` (every minute,
+    # from the sync unit) needs neither the store nor sqlite_utils.
+    from appliance.storage.schema import SchemaTooNew
+    from appliance.storage.store import Store
+
+    act_as_owner(config.data_dir)
     try:
         return Store(config.data_dir)
     except SchemaTooNew as err:
@@ -59,6 +112,8 @@ def open_store(config: Config) -> Store:
 
 def open_credentials(config: Config) -> Credentials:
     """Tokens and scope maps of the node, with the config's limits."""
+    from appliance.auth.tokens import Credentials
+
     store = open_store(config)
     return Credentials(
         store.db,

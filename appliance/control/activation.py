@@ -47,7 +47,7 @@ from appliance.control.gateway_client import (
 )
 from appliance.control.node import CLOUD, CONNECTED, NodeState, SyncCredential
 from appliance.control.relay import served_tokens
-from appliance.storage.layout import Layout
+from appliance.storage.layout import Layout, existing_state
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
 
@@ -135,25 +135,6 @@ def login_server_host(login_server: str) -> str:
         return login_server[1:].partition("]")[0]
     host, sep, port = login_server.rpartition(":")
     return host if sep and port.isdigit() and ":" not in host else login_server
-
-
-def existing_state(layout: Layout) -> dict[str, str]:
-    """The node state already in the data directory, read without changing it: {} if there is
-    no database (or it cannot be read, which opening the store later will report)."""
-    if not layout.database.exists():
-        return {}
-    # Read-only on a WAL database still creates -wal and -shm files unless it is opened
-    # immutable; that is safe only when no -wal holds writes the main file lacks.
-    wal = layout.database.with_name(layout.database.name + "-wal")
-    mode = "mode=ro" if wal.exists() else "immutable=1"
-    try:
-        conn = sqlite3.connect(f"{layout.database.resolve().as_uri()}?{mode}", uri=True)
-        try:
-            return dict(conn.execute("SELECT key, value FROM node_state"))
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return {}
 
 
 async def parent_anchor(connection: ConnectionString, ca_file: Path | None) -> bytes | None:

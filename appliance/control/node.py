@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.control.roles import CLOUD, CONNECTED  # noqa: F401 - re-exported
 from appliance.storage.store import Store
-
-CLOUD, CONNECTED = "cloud", "connected"
 
 
 @dataclass(frozen=True)

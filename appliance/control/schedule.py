@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import isodate
-from croniter import croniter
 
 CONTINUOUS = "* * * * *"
 MIN_WINDOW, MAX_WINDOW = timedelta(hours=1), timedelta(days=7)
@@ -30,6 +29,9 @@ def parse_duration(text: str, what: str) -> timedelta:
 
 
 def validate_schedule(schedule: str, window: str | None) -> None:
+    # croniter is imported where it is used (control/cron.py says why).
+    from appliance.control.cron import croniter
+
     if not croniter.is_valid(schedule) or len(schedule.split()) != 5:
         raise ScheduleError(
             f"sync schedule {schedule!r} is not a 5-field cron expression (UTC), e.g. '0 12 * * *'"
@@ -50,6 +52,8 @@ def validate_ttl(ttl: str) -> None:
 
 def interval(schedule: str, now: datetime | None = None) -> timedelta:
     """The time between two occurrences of the schedule around `now`."""
+    from appliance.control.cron import croniter
+
     moment = now or datetime.now(UTC)
     it = croniter(schedule, moment)
     following = it.get_next(datetime)

@@ -25,6 +25,7 @@ nothing a client sends can name a file outside the data directory.
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 
 from appliance.oci.digests import Digest
@@ -65,3 +66,22 @@ class Layout:
 
 def is_session_id(value: str) -> bool:
     return _SESSION_ID.fullmatch(value) is not None
+
+
+def existing_state(layout: Layout) -> dict[str, str]:
+    """The node state already in the data directory, read without changing it: {} if there is
+    no database (or it cannot be read, which opening the store later will report)."""
+    if not layout.database.exists():
+        return {}
+    # Read-only on a WAL database still creates -wal and -shm files unless it is opened
+    # immutable; that is safe only when no -wal holds writes the main file lacks.
+    wal = layout.database.with_name(layout.database.name + "-wal")
+    mode = "mode=ro" if wal.exists() else "immutable=1"
+    try:
+        conn = sqlite3.connect(f"{layout.database.resolve().as_uri()}?{mode}", uri=True)
+        try:
+            return dict(conn.execute("SELECT key, value FROM node_state"))
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}

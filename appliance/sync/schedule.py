@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
-
 from appliance.control.schedule import CONTINUOUS, ScheduleError, parse_duration
 
 Clock = Callable[[], datetime]
@@ -45,12 +43,16 @@ def _utc(moment: datetime) -> datetime:
 def last_occurrence(schedule: str, now: datetime) -> datetime:
     """The most recent occurrence at or before `now` (croniter's get_prev is strictly before,
     so it starts from the next whole minute)."""
+    from appliance.control.cron import croniter
+
     start = _utc(now).replace(second=0, microsecond=0) + timedelta(minutes=1)
     return _utc(croniter(schedule, start).get_prev(datetime))
 
 
 def next_occurrence(schedule: str, now: datetime) -> datetime:
     """The first occurrence strictly after `now`."""
+    from appliance.control.cron import croniter
+
     return _utc(croniter(schedule, _utc(now)).get_next(datetime))
 
 
@@ -60,6 +62,9 @@ def window_at(schedule: str | None, window: str | None, now: datetime) -> Window
     now = _utc(now)
     if not schedule or schedule.strip() == CONTINUOUS:
         return Window(open=True)
+    # Here, not at the top: the continuous default, the usual idle run, never needs croniter.
+    from appliance.control.cron import croniter
+
     if not croniter.is_valid(schedule) or len(schedule.split()) != 5:
         raise ScheduleError(f"sync schedule {schedule!r} is not a 5-field cron expression")
     # The root refuses a schedule without a window; should one arrive anyway, the occurrence's

@@ -7,9 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.control.activation import existing_state
-from appliance.control.node import CLOUD, CONNECTED
-from appliance.storage.layout import Layout
+from appliance.control.roles import CLOUD, CONNECTED
+from appliance.storage.layout import Layout, existing_state
 
 
 @dataclass(frozen=True)
