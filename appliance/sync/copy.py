@@ -30,16 +30,29 @@ blob and for each chunk of a blob, so a run past its window stops there (`Window
 blob under way keeps its partial for the next window, and a manifest whose blobs did not all
 arrive is not stored. What was copied stays.
 
-Not here yet: new referrers of a manifest that is already complete locally, and removing
-repositories that left the scope.
+Tags are checked PARALLEL_TAGS at a time (the HEAD, then the copy when the digest differs): a
+reconcile is mostly one HEAD per tag, each a round trip, and several in flight hide it. What
+tags share is copied once per reconcile, every tag that needs it waiting for that one copy: a
+manifest, a blob (the blob downloads of the whole repository still PARALLEL_BLOBS at a time), and
+a tag's target with its referrers (asked once per digest, not once per tag). A tag is moved once
+its own content is complete; the tags ready are moved together, one transaction (one fsync)
+for up to TAG_BATCH of them, committed as soon as the first has waited TAG_BATCH_WAIT, and at
+the end. The first error, in tag order, stops new tags from starting; the tags under way finish
+(and move, if complete), then it is the repository's error, as if the tags had gone one by one.
+
+A full reconcile compares tags: a referrer attached later to an image whose tags did not move
+is found only through the change feed (`copy_untagged`, from our own parent), not from a plain
+upstream. Repositories that left the scope are removed by run.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
@@ -56,8 +69,17 @@ from appliance.sync.schedule import NO_DEADLINE, Deadline
 # Blobs of one image fetched at once: enough to fill a link whose single streams are
 # latency-bound, few enough not to thrash a small device's disk.
 PARALLEL_BLOBS = 4
+# Tags checked at once: an idle reconcile is one HEAD per tag, each a round trip; a few in
+# flight hide them without flooding a parent that serves many devices.
+PARALLEL_TAGS = 8
+# Tag moves in one transaction at most, and how long (seconds) a tag whose content is complete
+# waits for others to share its commit: one fsync per batch instead of one per tag.
+TAG_BATCH = 256
+TAG_BATCH_WAIT = 1.0
 READ_ONLY = "ReadOnly"
 SIZE_INVALID = "SIZE_INVALID"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -117,32 +139,48 @@ class RepositoryCopy:
         self.read_only = mode == READ_ONLY
         self.dry_run = dry_run
         self.transfer = Transfer()
-        # Copied (or, dry, counted) in this run: an index's children and referrers often repeat.
-        self._done: dict[Digest, FetchedManifest] = {}
-        self._blobs_done: set[Digest] = set()
+        # The one copy of each manifest, blob and tag target in this run (or, dry, its count):
+        # an index's children, referrers and tags often repeat, and may be wanted at once.
+        self._manifests: dict[Digest, asyncio.Task[FetchedManifest]] = {}
+        self._blobs: dict[Digest, asyncio.Task[None]] = {}
+        self._targets: dict[Digest, asyncio.Task[FetchedManifest]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._blob_slots = asyncio.Semaphore(PARALLEL_BLOBS)
 
     async def reconcile(self) -> Transfer:
         name = self.repository
-        upstream_tags = [t for t in await self.client.list_tags(name) if self.tag_filter(t)]
-        for tag in sorted(upstream_tags):
-            self._check_deadline()
-            digest = await self.client.head_manifest(name, tag)
-            if digest is None:
-                continue  # deleted between the list and the HEAD
-            local = self.store.manifest(name, tag)
-            if local is not None and local.digest == str(digest):
-                continue
-            if local is not None and not self._may_change(tag):
-                self.transfer.tags_kept.append(f"{name}:{tag}")
-                continue
-            fetched = await self._copy_manifest(digest)
-            await self._copy_referrers(digest)
-            self._move_tag(tag, fetched)
+        upstream_tags = sorted(t for t in await self.client.list_tags(name) if self.tag_filter(t))
+        try:
+            await self._sync_tags(upstream_tags)
+        finally:
+            await self._end_tasks()
+            self.transfer.tags_kept.sort()
         self._delete_tags_gone_upstream(set(upstream_tags))
         if self.transfer.manifests or self.transfer.tags_moved or self.transfer.tags_deleted:
             self.transfer.repositories = 1
         return self.transfer
+
+    async def copy_untagged(self, digests: list[str]) -> None:
+        """Manifests put upstream by digest alone (the change feed names them): a signature or
+        SBOM attached later to an image already here, an untagged push. Each is copied with its
+        tree and its own referrers; one already here costs nothing, one gone again upstream is
+        skipped."""
+        try:
+            for text in digests:
+                try:
+                    digest = Digest.parse(text)
+                except OCIError:
+                    continue
+                if self.store.manifest(self.repository, digest) is not None:
+                    continue
+                self._check_deadline()
+                try:
+                    await self._once(self._targets, digest, lambda d=digest: self._copy_target(d))
+                except RegistryError as err:
+                    if err.code != "MANIFEST_UNKNOWN":
+                        raise
+        finally:
+            await self._end_tasks()
 
     def _check_deadline(self) -> None:
         if self._stopped or self.deadline.passed():
@@ -152,12 +190,127 @@ class RepositoryCopy:
     def _may_change(self, tag: str) -> bool:
         return self.read_only or self.store.tag_origin(self.repository, tag) is Origin.PARENT
 
+    # -- tags, concurrently ----------------------------------------------------------------
+
+    async def _sync_tags(self, tags: list[str]) -> None:
+        """Check `tags` PARALLEL_TAGS at a time and move, in batches, those whose content is
+        complete. The first error (in tag order) stops new tags from starting; it is raised once
+        those under way have finished and the ready ones moved."""
+        loop = asyncio.get_running_loop()
+        waiting = iter(tags)
+        running: dict[asyncio.Task[FetchedManifest | None], str] = {}
+        ready: list[tuple[str, FetchedManifest]] = []
+        first_ready = 0.0
+        failed: list[tuple[str, BaseException]] = []
+        while True:
+            while not failed and len(running) < PARALLEL_TAGS:
+                tag = next(waiting, None)
+                if tag is None:
+                    break
+                try:
+                    self._check_deadline()
+                except WindowClosed as err:
+                    failed.append((tag, err))
+                    break
+                running[self._start(self._check_tag(tag))] = tag
+            if not running:
+                break
+            timeout = max(0.0, first_ready + TAG_BATCH_WAIT - loop.time()) if ready else None
+            done, _ = await asyncio.wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+            for task in done:
+                tag = running.pop(task)
+                try:
+                    target = task.result()
+                except Exception as err:
+                    failed.append((tag, err))
+                    continue
+                if target is not None:
+                    if not ready:
+                        first_ready = loop.time()
+                    ready.append((tag, target))
+            if len(ready) >= TAG_BATCH or (ready and loop.time() >= first_ready + TAG_BATCH_WAIT):
+                failed += await self._commit_moves(ready)
+                ready = []
+        failed += await self._commit_moves(ready)
+        if failed:
+            raise min(failed, key=lambda failure: failure[0])[1]
+
+    async def _check_tag(self, tag: str) -> FetchedManifest | None:
+        """The manifest `tag` is to point at, its content now complete here; None when the tag
+        stays as it is (unchanged, deleted upstream since the list, or this node's own)."""
+        digest = await self.client.head_manifest(self.repository, tag)
+        if digest is None:
+            return None  # deleted between the list and the HEAD
+        local = self.store.manifest(self.repository, tag)
+        if local is not None and local.digest == str(digest):
+            return None
+        if local is not None and not self._may_change(tag):
+            self.transfer.tags_kept.append(f"{self.repository}:{tag}")
+            return None
+        return await self._once(self._targets, digest, lambda: self._copy_target(digest))
+
+    async def _copy_target(self, digest: Digest) -> FetchedManifest:
+        """A tag's target: its tree, then the referrers of all of it."""
+        fetched = await self._copy_manifest(digest)
+        await self._copy_referrers(digest)
+        return fetched
+
+    async def _commit_moves(
+        self, moves: list[tuple[str, FetchedManifest]]
+    ) -> list[tuple[str, BaseException]]:
+        """Move the tags in one transaction, durable when this returns; the store's refusals.
+        A tag the store refuses is moved alone, so it holds back none of the others."""
+        if not moves:
+            return []
+        moves = sorted(moves, key=lambda move: move[0])
+        refused: list[tuple[str, BaseException]] = []
+        try:
+            self._move_tags(moves)
+        except OCIError:
+            for move in moves:
+                try:
+                    self._move_tags([move])
+                except OCIError as err:
+                    refused.append((move[0], err))
+        await self.store.flush()
+        return refused
+
+    def _start(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(work)
+        # Held until done (the loop keeps only weak references), then let go.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _once(
+        self,
+        table: dict[Digest, asyncio.Task[T]],
+        digest: Digest,
+        copy: Callable[[], Coroutine[Any, Any, T]],
+    ) -> asyncio.Task[T]:
+        """`copy()` run once per digest in this reconcile; every caller awaits that one task.
+        (Not shielded: cancelling a caller, only ever done to end the whole reconcile, cancels
+        the copy under it too.)"""
+        task = table.get(digest)
+        if task is None:
+            task = table[digest] = self._start(copy())
+        return task
+
+    async def _end_tasks(self) -> None:
+        """Nothing of this reconcile goes on after it: what an error or a cancellation left
+        running is cancelled, and waited for (a blob's partial is then kept, as at a stop)."""
+        left = list(self._tasks)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+
     # -- manifests -------------------------------------------------------------------------
 
     async def _copy_manifest(self, digest: Digest) -> FetchedManifest:
         """Copy the manifest and everything it references; its bytes, as stored."""
-        if digest in self._done:
-            return self._done[digest]
+        return await self._once(self._manifests, digest, lambda: self._fetch_manifest(digest))
+
+    async def _fetch_manifest(self, digest: Digest) -> FetchedManifest:
         local = self.store.manifest(self.repository, digest)
         if local is not None:
             return FetchedManifest(local.content, local.media_type, digest)
@@ -169,12 +322,11 @@ class RepositoryCopy:
                 f"{self.client.endpoint} lists {self.repository}@{digest} but does not serve it",
             )
         parsed = parse_manifest(fetched.body, fetched.media_type)
-        for child in parsed.manifests:
-            await self._copy_manifest(child.digest)
-        # Every blob ends (stored, stopped or failed) before the manifest's fate is decided: a
-        # failure does not leave the others running on past the run, holding their sessions.
+        # Every child and blob ends (stored, stopped or failed) before the manifest's fate is
+        # decided: a failure does not leave the others running on past the run.
         outcomes = await asyncio.gather(
-            *(self._copy_blob(d) for d in _unique(required_blobs(parsed))),
+            *(self._copy_manifest(child.digest) for child in _unique(parsed.manifests)),
+            *(self._blob(d) for d in _unique(required_blobs(parsed))),
             return_exceptions=True,
         )
         if self._stopped:
@@ -192,7 +344,6 @@ class RepositoryCopy:
                 origin=Origin.PARENT,
             )
             await self.store.flush()
-        self._done[digest] = fetched
         self.transfer.manifests += 1
         current_progress().manifest_copied()
         return fetched
@@ -220,11 +371,13 @@ class RepositoryCopy:
 
     # -- blobs -----------------------------------------------------------------------------
 
+    async def _blob(self, descriptor: Descriptor) -> None:
+        await self._once(self._blobs, descriptor.digest, lambda: self._copy_blob(descriptor))
+
     async def _copy_blob(self, descriptor: Descriptor) -> None:
         digest = descriptor.digest
-        if digest in self._blobs_done or self.store.blob_size(self.repository, digest) is not None:
+        if self.store.blob_size(self.repository, digest) is not None:
             return
-        self._blobs_done.add(digest)
         # Already on disk for another repository: a link, not a download.
         for other in self.store.repositories_with_blob(digest):
             if self.dry_run or self.store.mount_blob(self.repository, digest, other):
@@ -240,7 +393,6 @@ class RepositoryCopy:
             # Checked once a slot is free, so no new blob starts after the window closed.
             if self._stopped or self.deadline.passed():
                 self._stopped = True
-                self._blobs_done.discard(digest)
                 return
             with self.store.uploads.download(self.repository, digest) as session:
                 resumed = session.size
@@ -270,7 +422,6 @@ class RepositoryCopy:
             await self.store.finish_upload(session, digest, body, origin=Origin.PARENT)
         except WindowClosed:
             self._stopped = True
-            self._blobs_done.discard(digest)
             raise
         except RegistryError as err:
             if err.code == SIZE_INVALID:
@@ -286,32 +437,41 @@ class RepositoryCopy:
     # -- tags ------------------------------------------------------------------------------
 
     def _move_tag(self, tag: str, fetched: FetchedManifest) -> None:
+        self._move_tags([(tag, fetched)])
+
+    def _move_tags(self, moves: list[tuple[str, FetchedManifest]]) -> None:
+        """Point each tag at its manifest (stored, with its tree), all in one transaction."""
         if not self.dry_run:
             with write_transaction(self.store.db):
-                self.store.put_manifest(
-                    self.repository,
-                    fetched.body,
-                    fetched.media_type,
-                    [tag],
-                    expected=fetched.digest,
-                    origin=Origin.PARENT,
-                )
-                # What the parent's tag was when we last heard: push sync's conflict check.
-                self.store.set_state(parent_tag_key(self.repository, tag), str(fetched.digest))
-        self.transfer.tags_moved += 1
+                for tag, fetched in moves:
+                    self.store.put_manifest(
+                        self.repository,
+                        fetched.body,
+                        fetched.media_type,
+                        [tag],
+                        expected=fetched.digest,
+                        origin=Origin.PARENT,
+                    )
+                    # What the parent's tag was when we last heard: push sync's conflict check.
+                    self.store.set_state(parent_tag_key(self.repository, tag), str(fetched.digest))
+        self.transfer.tags_moved += len(moves)
 
     def _delete_tags_gone_upstream(self, upstream: set[str]) -> None:
         if self.store.repository_id(self.repository) is None:
             return
         local, _ = self.store.tags(self.repository, None, None)
-        for tag in local:
-            if tag in upstream or not self.tag_filter(tag) or not self._may_change(tag):
-                continue
-            if not self.dry_run:
-                with write_transaction(self.store.db):
+        gone = [
+            tag
+            for tag in local
+            if tag not in upstream and self.tag_filter(tag) and self._may_change(tag)
+        ]
+        if gone and not self.dry_run:
+            # One transaction (one fsync) for them all.
+            with write_transaction(self.store.db):
+                for tag in gone:
                     self.store.delete_tag(self.repository, tag, origin=Origin.PARENT)
                     self.store.delete_state(parent_tag_key(self.repository, tag))
-            self.transfer.tags_deleted += 1
+        self.transfer.tags_deleted += len(gone)
 
 
 class _Counted:

@@ -473,7 +473,9 @@ async def _sync_parent(
             deadline = Deadline(run.window.closes_at, clock)
             client = source.client()
             named = None if plan.full else plan.repositories
-            pulled = await _pull(store, source, client, node.mode, dry_run, deadline, named)
+            pulled = await _pull(
+                store, source, client, node.mode, dry_run, deadline, named, plan.untagged
+            )
             report.absorb(pulled)
         clean = not report.errors and not report.unreachable and not report.window_closed
         if clean and plan.full and node.mode != READ_WRITE:
@@ -584,6 +586,9 @@ class _Plan:
     repositories: list[str]
     # The feed position to store once the pull finished cleanly (None: keep what is stored).
     cursor: int | None
+    # Manifests the feed says were put by digest, per repository: a signature or SBOM attached
+    # to an image whose tags did not move, which comparing tags would not find.
+    untagged: dict[str, list[str]] = field(default_factory=dict)
 
 
 async def _plan(
@@ -602,6 +607,7 @@ async def _plan(
     asked = bool(settings.get("resync")) or node.get(RESYNC_REQUESTED) is not None
     full = cursor is None or asked or _scope(cached) != _scope(settings)
     named: set[str] = set()
+    untagged: dict[str, list[str]] = {}
     position = 0 if full else cursor
     try:
         for _ in range(MAX_FEED_PAGES):
@@ -611,11 +617,14 @@ async def _plan(
                 full = True
             if full:
                 break  # what exists now is reconciled; the feed's position is all we need
-            named.update(
-                str(change["repository"])
-                for change in answer["changes"]
-                if isinstance(change, dict) and isinstance(change.get("repository"), str)
-            )
+            for change in answer["changes"]:
+                if not isinstance(change, dict) or not isinstance(change.get("repository"), str):
+                    continue
+                named.add(change["repository"])
+                if change.get("op") == "put" and change.get("tag") is None:
+                    digests = untagged.setdefault(change["repository"], [])
+                    if isinstance(change.get("digest"), str) and change["digest"] not in digests:
+                        digests.append(change["digest"])
             if not answer.get("more"):
                 break
     except ParentUnreachable as err:
@@ -632,7 +641,7 @@ async def _plan(
         report.feed = "full"
         return _Plan(full=True, repositories=[], cursor=position)
     report.feed = "changes" if named else "idle"
-    return _Plan(full=False, repositories=sorted(named), cursor=position)
+    return _Plan(full=False, repositories=sorted(named), cursor=position, untagged=untagged)
 
 
 def remove_out_of_scope(store: Store, scope: list[str], config: Config, dry_run: bool) -> list[str]:
@@ -754,8 +763,10 @@ async def _pull(
     dry_run: bool,
     deadline: Deadline,
     named: list[str] | None,
+    untagged: dict[str, list[str]] | None = None,
 ) -> SourceReport:
-    """Reconcile `named` repositories, or (None) every repository in the source's scope."""
+    """Reconcile `named` repositories, or (None) every repository in the source's scope; then
+    copy the manifests `untagged` names by digest (from the change feed)."""
     report = SourceReport(source.label)
     current_progress().set_phase("pulling", source.label)
     async with client:
@@ -783,6 +794,7 @@ async def _pull(
                 )
                 try:
                     await copy.reconcile()
+                    await copy.copy_untagged((untagged or {}).get(repository, []))
                 except (UpstreamUnreachable, WindowClosed):
                     report.transfer.add(copy.transfer)
                     raise

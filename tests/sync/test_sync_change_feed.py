@@ -13,11 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from control.test_activation import Root, activate, make_root, node_state
-from oci import OCI_MANIFEST, make_image, push_image
+from oci import OCI_MANIFEST, descriptor, make_image, push_image
 from sync_helpers import sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.control.gateway import prune_changes
+from appliance.oci.digests import Digest
 from appliance.storage.store import Store
 
 PUSH_AND_LIST = PUSH | {"metadata/read", "content/delete"}
@@ -181,6 +182,40 @@ async def test_a_device_reconciles_only_what_changed_and_idles_cheaply(
     assert deleted["sources"][0]["repositoriesChecked"] == 1
     assert deleted["total"]["tagsDeleted"] == 1
     assert device_tags(device, "demo/a") == []
+
+
+async def test_a_signature_attached_later_reaches_the_device_through_the_feed(
+    root: Root, device: Path
+) -> None:
+    """A signature pushed by digest for an image the device already has: no tag moves, so only
+    the feed's untagged `put` can tell the device; it arrives with the device's referrers."""
+    image = make_image("signed-later")
+    async with aiohttp.ClientSession(headers=pusher(root)) as http:
+        await push_image(http, root.server.url, "demo/app", image, "v1")
+    await asyncio.to_thread(sync_json, "--data-dir", str(device))
+    signature = make_image(
+        "the signature",
+        layers=1,
+        subject=descriptor(OCI_MANIFEST, image.manifest),
+        artifact_type="application/vnd.example.signature",
+    )
+    async with aiohttp.ClientSession(headers=pusher(root)) as http:
+        await push_image(http, root.server.url, "demo/app", signature)
+
+    report = await asyncio.to_thread(sync_json, "--data-dir", str(device))
+
+    assert report["sources"][0]["feed"] == "changes"
+    assert report["total"]["manifests"] == 1 and report["total"]["tagsMoved"] == 0
+    store = Store(device)
+    try:
+        stored = store.manifest("demo/app", Digest.parse(signature.digest))
+        assert stored is not None and stored.content == signature.manifest
+        listed = store.referrers("demo/app", Digest.parse(image.digest), None)
+        assert [r.digest for r in listed] == [signature.digest]
+    finally:
+        store.close()
+    again = await asyncio.to_thread(sync_json, "--data-dir", str(device))
+    assert again["sources"][0]["feed"] == "idle"
 
 
 async def test_a_cursor_older_than_retention_resets_to_a_correct_full_reconcile(
