@@ -35,6 +35,7 @@ from appliance.auth.certificates import client_trust
 from appliance.auth.certificates import fingerprint as certificate_fingerprint
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
+from appliance.sync.client import environment_proxy
 
 TIMEOUT = aiohttp.ClientTimeout(total=15, connect=10)
 PARENT_UNREACHABLE = "PARENT_UNREACHABLE"
@@ -167,6 +168,8 @@ class GatewayClient:
             ssl_context(ca_pem) if self.base_url.startswith("https://") else False
         )
         self._session: aiohttp.ClientSession | None = None
+        # The site's proxy, as the sync client uses it for /v2/ (HTTPS_PROXY, NO_PROXY).
+        self._proxy = environment_proxy(self.base_url)
         # Every request sent (a sync run reports them: an idle device must cost almost none).
         self.requests = 0
 
@@ -306,6 +309,8 @@ class GatewayClient:
                 headers=headers,
                 ssl=self._ssl,
                 timeout=timeout or TIMEOUT,
+                proxy=self._proxy[0],
+                proxy_auth=self._proxy[1],
             ) as response:
                 answer_data = await response.read()
                 status, answer = response.status, response.headers.copy()

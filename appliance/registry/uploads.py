@@ -56,8 +56,12 @@ def _has_body(request: web.Request) -> bool:
     )
 
 
-def _body(request: web.Request) -> AsyncIterator[bytes]:
-    return request.content.iter_any()
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    # Each piece as the parser stored it: iter_any joins the pieces buffered meanwhile, a copy
+    # of every byte.
+    async for piece, _ in request.content.iter_chunks():
+        if piece:  # an empty piece ends a chunk of chunked encoding
+            yield piece
 
 
 @requires(CONTENT_READ, CONTENT_WRITE)

@@ -41,6 +41,8 @@ from appliance.storage.schema import unsynced
 # Bytes gathered before a write+hash is handed to the worker thread: big enough that thread
 # hand-offs are rare, small enough that memory per upload stays a few MiB.
 WRITE_BATCH = 4 * 1024 * 1024
+# writev's limit on pieces per call (Linux's UIO_MAXIOV); it also bounds a batch of tiny pieces.
+_IOV_MAX = 1024
 ABANDONED_AFTER = 24 * 3600.0
 
 
@@ -177,32 +179,33 @@ class Uploads:
         state = await self._hash_state(session.session_id, session.size)
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
-        batch = bytearray()
-
-        def write(f: Any, data: bytearray) -> None:
-            f.write(data)
-            state.hasher.update(data)
-            state.offset += len(data)
-
-        with open(path, "ab") as f:
+        # The pieces as the body gave them: gathering them into one buffer would copy every byte
+        # once more, and writev takes them as they are.
+        batch: list[bytes] = []
+        batched = 0
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
             try:
                 async for piece in body:
-                    batch += piece
-                    if len(batch) >= WRITE_BATCH:
+                    batch.append(piece)
+                    batched += len(piece)
+                    if batched >= WRITE_BATCH or len(batch) >= _IOV_MAX:
                         if pending is not None:
                             await pending
-                        pending = loop.run_in_executor(None, write, f, batch)
-                        batch = bytearray()
+                        pending = loop.run_in_executor(None, _write, fd, batch, state)
+                        batch, batched = [], 0
             finally:
                 if pending is not None:
                     await pending
                 if batch:
-                    await loop.run_in_executor(None, write, f, batch)
+                    await loop.run_in_executor(None, _write, fd, batch, state)
                 with unsynced(self.db):
                     self.db.execute(
                         "UPDATE uploads SET updated_at = ? WHERE id = ?",
                         (time.time(), session.session_id),
                     )
+        finally:
+            os.close(fd)
         return state.offset
 
     async def digest(self, session: UploadStatus) -> str:
@@ -274,6 +277,23 @@ class Uploads:
                 os.unlink(entry.path)
                 orphans += 1
         return removed + orphans
+
+
+def _write(fd: int, pieces: list[bytes], state: _HashState) -> None:
+    """Append `pieces` to the file and to the hash. Runs in a worker thread: writev and sha256
+    release the GIL, so the event loop meanwhile reads the next pieces."""
+    total = sum(len(piece) for piece in pieces)
+    written = os.writev(fd, pieces)
+    if written < total:
+        # A short write (a full disk, a signal): the rest one write at a time, until it fails.
+        rest = memoryview(b"".join(pieces))[written:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+    # Hashed only once in the file: a write that fails leaves `offset` behind the file's
+    # length, and the next append rebuilds the hash from the file.
+    for piece in pieces:
+        state.hasher.update(piece)
+    state.offset += total
 
 
 def _try_lock(path: Path, create: bool = False) -> int | None:

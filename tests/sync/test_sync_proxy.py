@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from control.test_activation import activate, make_root
 from oci import digest_of, make_image, push_image
 from sync_helpers import DistributionRegistry, clean_env
 
@@ -163,3 +164,29 @@ async def test_a_corrupting_proxy_is_caught_and_nothing_bad_is_stored(
         assert list(store.layout.uploads.iterdir()) == []
     finally:
         store.close()
+
+
+async def test_a_device_reaches_its_parent_through_the_proxy_for_the_gateway_too(
+    start_registry: Callable, tmp_path: Path
+) -> None:
+    root = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
+    try:
+        password = root.create("edge01", ["demo/*"], mode="ReadOnly")
+        device = tmp_path / "device"
+        activated = await asyncio.to_thread(activate, device, root.connection("edge01", password))
+        assert activated.returncode == 0, activated.stderr
+        proxy = await ForwardProxy().start()
+        try:
+            config = tmp_path / "device.toml"
+            config.write_text(f'data_dir = "{device}"\n')
+            code, stderr = await sync_through(config, HTTP_PROXY=proxy.url, NO_PROXY="")
+        finally:
+            await proxy.stop()
+        assert code == 0, stderr
+        # Settings, the change feed and the status report went through it, not around it.
+        gateway = [s for s in proxy.seen if "/gateway/v1/registries/edge01/" in s]
+        assert any(s.endswith("/settings") for s in gateway), proxy.seen
+        assert any(s.endswith("/changes") for s in gateway), proxy.seen
+        assert any(s.endswith("/status") for s in gateway), proxy.seen
+    finally:
+        root.store.close()
