@@ -44,7 +44,11 @@ itself. Its `Progress` (progress.py) is live under its run id, which the report 
 line carry; the last run that was not dry is summed up in the node state (`last_run`).
 
 The parent's log level applies to the process the run is in (the service's, through the
-socket). Not in this slice: the plain upstreams' own schedules.
+socket). A plain upstream with a `schedule` (cron, UTC) is pulled only by the first run after
+each occurrence (`upstream_run/<url>` in node_state records its last complete run); the others
+are pulled by every run. On a ReadOnly device a clean full reconcile also removes the
+repositories that left every scope (`remove_out_of_scope`), and `connected-registry resync`
+(resync.py) makes the next run a full reconcile.
 """
 
 from __future__ import annotations
