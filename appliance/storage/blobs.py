@@ -1,12 +1,31 @@
-"""Blob files: how a verified upload becomes a content-addressed file, atomically."""
+"""Blob files: how their bytes reach the disk, and how a verified upload becomes a
+content-addressed file, atomically."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
+from typing import Any
 
 from appliance.oci.digests import Digest
 from appliance.storage.layout import Layout
+
+# sync_file_range(2), which Python's os module lacks; None where libc has none (not Linux).
+_sync_file_range: Any = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing `length` bytes at `offset` of the file to the disk, without waiting.
+
+    An upload calls it as it writes: the disk then works while the rest of the blob arrives, and
+    the fsync that makes the blob durable (`place_blob_file`) has little left to wait for.
+    Advisory only: where the call is missing or fails, that fsync does all the work."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_directory(path: Path) -> None:

@@ -35,6 +35,7 @@ import sqlite_utils
 
 from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
+from appliance.storage.blobs import start_writeback
 from appliance.storage.layout import Layout, is_session_id
 from appliance.storage.schema import unsynced
 
@@ -289,6 +290,7 @@ def _write(fd: int, pieces: list[bytes], state: _HashState) -> None:
         rest = memoryview(b"".join(pieces))[written:]
         while rest:
             rest = rest[os.write(fd, rest) :]
+    start_writeback(fd, state.offset, total)
     # Hashed only once in the file: a write that fails leaves `offset` behind the file's
     # length, and the next append rebuilds the hash from the file.
     for piece in pieces:
