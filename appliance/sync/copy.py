@@ -175,7 +175,7 @@ class RepositoryCopy:
                     continue
                 self._check_deadline()
                 try:
-                    await self._once(self._targets, digest, lambda d=digest: self._copy_target(d))
+                    await self._once(self._targets, digest, lambda d=digest: self.copy_target(d))
                 except RegistryError as err:
                     if err.code != "MANIFEST_UNKNOWN":
                         raise
@@ -247,10 +247,10 @@ class RepositoryCopy:
         if local is not None and not self._may_change(tag):
             self.transfer.tags_kept.append(f"{self.repository}:{tag}")
             return None
-        return await self._once(self._targets, digest, lambda: self._copy_target(digest))
+        return await self._once(self._targets, digest, lambda: self.copy_target(digest))
 
-    async def _copy_target(self, digest: Digest) -> FetchedManifest:
-        """A tag's target: its tree, then the referrers of all of it."""
+    async def copy_target(self, digest: Digest) -> FetchedManifest:
+        """A tag's target: its tree, then the referrers of all of it (on-demand uses it too)."""
         fetched = await self._copy_manifest(digest)
         await self._copy_referrers(digest)
         return fetched

@@ -75,8 +75,8 @@ from appliance.sync.client import (
 )
 from appliance.sync.content import TagFilter
 from appliance.sync.copy import PARALLEL_BLOBS, READ_ONLY, RepositoryCopy, WindowClosed
-from appliance.sync.run import Source, SyncError, parent_source
 from appliance.sync.schedule import Deadline, Window, utc_now, window_at
+from appliance.sync.sources import Source, SyncError, parent_source
 from appliance.system.logs import fields
 
 log = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ class OnDemand:
         )
         try:
             async with self._tree_slots:
-                fetched = await copy.copy_tree(digest)
+                fetched = await copy.copy_target(digest)
                 # No await from here on: a tag asked for after this pop finds the manifest
                 # stored, and one asked for before it is moved just below.
                 del self._trees[key]
@@ -398,12 +398,6 @@ class _TreeCopy(RepositoryCopy):
     ) -> None:
         super().__init__(client, on_demand.store, repository, tag_filter, mode, deadline=deadline)
         self._on_demand = on_demand
-
-    async def copy_tree(self, digest: Digest) -> FetchedManifest:
-        """What reconcile does for one tag before moving it: the tree, then its referrers."""
-        fetched = await self._copy_manifest(digest)
-        await self._copy_referrers(digest)
-        return fetched
 
     def move_tags(self, tags: list[str], fetched: FetchedManifest) -> None:
         """Point `tags` at the stored manifest, except a tag this node moved itself since the
