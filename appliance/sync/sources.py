@@ -1,0 +1,123 @@
+"""Where a sync run copies from: this node's parent (on an activated connected registry) and
+the config's `[[upstream]]` registries, each as a `Source` with its scope, tag filter,
+credentials, trust and schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Config
+from appliance.control.node import NodeState
+from appliance.storage.store import Store
+from appliance.sync.bandwidth import limiter_for
+from appliance.sync.client import RegistryClient
+from appliance.sync.content import ScopeError, TagFilter
+
+
+class SyncError(Exception):
+    """A run that cannot start (bad upstream config); one line, with a code."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One upstream to copy from."""
+
+    label: str
+    url: str
+    repositories: list[str]
+    tag_filter: TagFilter
+    username: str | None = None
+    password: str | None = None
+    ca_pem: bytes | None = None
+    is_parent: bool = False
+    # `[sync] bandwidth_limit`, bytes/second (None: unlimited).
+    bandwidth_limit: int | None = None
+    # A plain upstream's own cron schedule (UTC); None: every run.
+    schedule: str | None = None
+
+    def client(self) -> RegistryClient:
+        """A client paced by the process's shared bucket for the bandwidth limit."""
+        return RegistryClient(
+            self.url,
+            self.username,
+            self.password,
+            self.ca_pem,
+            limiter=limiter_for(self.bandwidth_limit),
+        )
+
+
+def parent_source(
+    store: Store, settings: dict[str, Any], bandwidth_limit: int | None = None
+) -> Source:
+    """The parent as an upstream, scoped by `settings` (the ones this run fetched or cached),
+    its transfers paced by `bandwidth_limit` (bytes/second, the config's)."""
+    node = NodeState(store)
+    endpoint, protocol = node.get("parent_endpoint"), node.get("parent_protocol")
+    credential = node.sync_credential()
+    if not endpoint or not protocol or credential is None:
+        raise SyncError("NOT_ACTIVATED: the parent or the sync token is missing from the state")
+    anchor = store.layout.parent_ca_cert
+    try:
+        tag_filter = TagFilter.of(settings.get("tagInclude"), settings.get("tagExclude"))
+    except ScopeError as err:
+        raise SyncError(f"SETTINGS_INVALID: the parent's {err}") from None
+    return Source(
+        label=f"parent {endpoint}",
+        url=f"{protocol}://{endpoint}",
+        repositories=list(settings.get("repositories") or []),
+        tag_filter=tag_filter,
+        username=credential.token,
+        password=credential.password,
+        ca_pem=anchor.read_bytes() if anchor.exists() else None,
+        is_parent=True,
+        bandwidth_limit=bandwidth_limit,
+    )
+
+
+def upstream_sources(config: Config) -> list[Source]:
+    found: list[Source] = []
+    # Relative paths in a config file mean relative to the file, as config.py does for TLS.
+    folder = config.source.parent if config.source is not None else Path.cwd()
+    for upstream in config.upstreams:
+        username = password = None
+        if upstream.credentials_file is not None:
+            username, password = _credentials(folder / upstream.credentials_file)
+        ca_pem = None
+        if upstream.ca_file is not None:
+            ca_pem = _read(folder / upstream.ca_file, "CA file")
+        try:
+            tag_filter = TagFilter.of(upstream.tag_include, upstream.tag_exclude)
+        except ScopeError as err:
+            raise SyncError(f"CONFIG_INVALID: [[upstream]] {upstream.url}: {err}") from None
+        found.append(
+            Source(
+                label=upstream.url,
+                url=upstream.url,
+                repositories=list(upstream.repositories),
+                tag_filter=tag_filter,
+                username=username,
+                password=password,
+                ca_pem=ca_pem,
+                bandwidth_limit=config.bandwidth_limit,
+                schedule=upstream.schedule,
+            )
+        )
+    return found
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise SyncError(f"CONFIG_INVALID: cannot read {what} {path}: {err.strerror}") from None
+
+
+def _credentials(path: Path) -> tuple[str, str]:
+    """`username:password` on the file's first line."""
+    lines = _read(path, "credentials file").decode("utf-8", "replace").splitlines()
+    username, sep, password = (lines[0] if lines else "").partition(":")
+    if not sep or not username:
+        raise SyncError(f"CONFIG_INVALID: {path} must hold username:password")
+    return username, password
