@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from appliance.auth.scopes import CONTENT_READ, CONTENT_WRITE
+from appliance.bodies import body_pieces
 from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.names import validate_name
@@ -56,12 +57,8 @@ def _has_body(request: web.Request) -> bool:
     )
 
 
-async def _body(request: web.Request) -> AsyncIterator[bytes]:
-    # Each piece as the parser stored it: iter_any joins the pieces buffered meanwhile, a copy
-    # of every byte.
-    async for piece, _ in request.content.iter_chunks():
-        if piece:  # an empty piece ends a chunk of chunked encoding
-            yield piece
+def _body(request: web.Request) -> AsyncIterator[bytes]:
+    return body_pieces(request.content)
 
 
 @requires(CONTENT_READ, CONTENT_WRITE)

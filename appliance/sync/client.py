@@ -40,6 +40,7 @@ import aiohttp
 from yarl import URL
 
 from appliance.auth.certificates import client_trust
+from appliance.bodies import body_pieces
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import MANIFEST_TYPES
@@ -292,11 +293,9 @@ class RegistryClient:
                         if offset and response.status == 200:
                             raise RangeIgnored(self.endpoint, digest)
                         raise await _refusal(response, f"blob {name}@{digest}")
-                    # Each piece as the parser stored it: iter_chunked and iter_any join the
-                    # pieces buffered meanwhile, a copy of every byte.
-                    async for chunk, _ in response.content.iter_chunks():
-                        if not chunk:
-                            continue  # the end of a chunk of chunked encoding: no data
+                    # A zero-byte blob's response has aiohttp's shared empty payload, which
+                    # iter_chunks never finishes: body_pieces ends at EOF.
+                    async for chunk in body_pieces(response.content):
                         if self._limiter is not None:
                             await self._limiter.take(len(chunk))
                         offset += len(chunk)
