@@ -289,8 +289,8 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
             yield
             conn.execute("COMMIT")
         except BaseException:
-            # SQLite may have rolled back already (it does after some SQLITE_FULL); a COMMIT
-            # that failed leaves the transaction open, and the next write would join it.
+            # After SQLITE_FULL, SQLite has rolled back by itself (a second ROLLBACK would fail
+            # and hide the error); a COMMIT that failed otherwise would leave it open.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
