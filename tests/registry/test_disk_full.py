@@ -15,7 +15,8 @@ import json
 import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -80,6 +81,15 @@ def fill(path: Path, leave: int = 0) -> None:
                 step = 0 if leave else step
     if not leave:
         assert available(path.parent) == 0
+
+
+def run_sync(config: Path) -> subprocess.CompletedProcess[str]:
+    """`connected-registry sync` in a child process, as the timer runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "sync", "--config", str(config)],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+    )
 
 
 def blob_files(data_dir: Path) -> set[str]:
@@ -211,6 +221,12 @@ async def test_a_commit_the_full_disk_refuses_leaves_no_blob_file_and_the_sessio
     async with http.get(location) as resp:
         assert resp.headers["Range"] == f"0-{len(blob) - 1}"
 
+    async with http.put(
+        f"{base}/v2/{repo}/manifests/moved",
+        data=stored.manifest,
+        headers={"Content-Type": OCI_MANIFEST},
+    ) as resp:
+        await assert_disk_full(resp)  # a tag, even: the write-ahead log cannot grow
     # A manifest with 2 MiB of annotations: the write-ahead log cannot grow for it.
     annotated = canonical({
         **json.loads(stored.manifest),
@@ -235,3 +251,35 @@ async def test_a_commit_the_full_disk_refuses_leaves_no_blob_file_and_the_sessio
     ) as resp:
         assert resp.status == 201, await resp.text()
     assert blob_files(data_dir) == blob_rows(data_dir)
+
+
+async def test_a_sync_that_fills_the_disk_fails_with_one_clear_line_and_completes_later(
+    server: RegistryProcess,
+    filler: Path,
+    http: aiohttp.ClientSession,
+    repo: str,
+    start_registry: Callable[..., RegistryProcess],
+    tmp_path: Path,
+) -> None:
+    data_dir = server.data_dir
+    upstream = start_registry()
+    big = image_with_layer("synced", os.urandom(16 * MiB))
+    await push_image(http, upstream.url, repo, big, "latest")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\n[[upstream]]\nurl = "{upstream.url}"\n'
+        f'repositories = ["{repo}"]\n'
+    )
+    fill(filler, leave=4 * MiB)
+
+    result = run_sync(config)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"DENIED: {repo}: the registry's disk is full" in result.stderr
+    assert upload_bytes(data_dir) == 0
+    assert blob_files(data_dir) == blob_rows(data_dir)
+
+    filler.unlink()
+    result = run_sync(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    await assert_pulls_exact(http, server.url, repo, big)
