@@ -14,7 +14,6 @@ import contextlib
 import errno
 import sqlite3
 from collections.abc import Iterator
-from typing import Any
 
 from appliance.oci.errors import ErrorCode, OCIError
 
@@ -25,11 +24,10 @@ INSUFFICIENT_STORAGE = 507
 class DiskFull(OCIError):
     """The data directory's disk has no room for this write; nothing of it was stored."""
 
-    def __init__(self, detail: Any = None) -> None:
+    def __init__(self) -> None:
         super().__init__(
             ErrorCode.DENIED,
             "the registry's disk is full: nothing was stored; retry once space is freed",
-            detail=detail,
             status=INSUFFICIENT_STORAGE,
         )
 
