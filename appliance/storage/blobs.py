@@ -36,11 +36,13 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def place_blob_file(layout: Layout, source: Path, digest: Digest) -> Path:
+def place_blob_file(layout: Layout, source: Path, digest: Digest) -> int | None:
     """Move a verified, fsynced file into the blob store under its digest.
 
     Runs in a worker thread. rename() is atomic: a reader sees no file or the whole file. The
-    database row that makes the blob visible is written only after this returns.
+    database row that makes the blob visible is written only after this returns. Returns the
+    moved file's inode if no file of that digest was there before (the caller may then
+    `withdraw_blob_file` it), else None: the file there is another upload's or an earlier one's.
     """
     target = layout.blob(digest)
     folder = target.parent
@@ -49,8 +51,24 @@ def place_blob_file(layout: Layout, source: Path, digest: Digest) -> Path:
         fsync_directory(folder.parent)
     with open(source, "rb") as f:
         os.fsync(f.fileno())
+        inode = os.fstat(f.fileno()).st_ino
+    created = not target.exists()
     os.replace(source, target)
     # One journal commit carries both directory entries of a rename (ext4, xfs): syncing the
     # target's directory makes the move durable.
     fsync_directory(folder)
-    return target
+    return inode if created else None
+
+
+def withdraw_blob_file(layout: Layout, digest: Digest, inode: int, source: Path) -> None:
+    """Move the file `place_blob_file` placed (`inode`) back to `source`, when the row that was
+    to make it visible could not be written. Another upload of the same digest may have
+    replaced it meanwhile (from a worker thread, at any moment): the file is moved away first
+    and looked at after, and one that is not ours goes straight back."""
+    target = layout.blob(digest)
+    try:
+        os.rename(target, source)
+    except FileNotFoundError:
+        return
+    if os.stat(source).st_ino != inode:
+        os.replace(source, target)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from appliance.storage.space import refused_when_full
+
 
 class SchemaTooNew(Exception):
     """The database was written by a newer release; opening it could corrupt it."""
@@ -262,7 +264,8 @@ def unsynced(db: sqlite_utils.Database) -> Iterator[None]:
     level = conn.execute("PRAGMA synchronous").fetchone()[0]
     conn.execute("PRAGMA synchronous=OFF")
     try:
-        yield
+        with refused_when_full():
+            yield
     finally:
         conn.execute(f"PRAGMA synchronous={level}")
 
@@ -274,15 +277,20 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[None]:
     The service and CLI commands write the same database; a transaction that reads and then
     writes would otherwise fail at once with "database is locked" when another process wrote in
     between, instead of waiting its turn (busy_timeout). Nested use joins the outer transaction.
+    A full disk, met by a statement or by the COMMIT, rolls it all back and raises `DiskFull`.
     """
     conn = db.conn
     if conn.in_transaction:
         yield
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    with refused_when_full():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            # After SQLITE_FULL, SQLite has rolled back by itself (a second ROLLBACK would fail
+            # and hide the error); a COMMIT that failed otherwise would leave it open.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

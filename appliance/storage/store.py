@@ -24,10 +24,11 @@ from appliance.oci.manifests import (
     parse_manifest,
     required_blobs,
 )
-from appliance.storage.blobs import place_blob_file
+from appliance.storage.blobs import place_blob_file, withdraw_blob_file
 from appliance.storage.durability import WalSync
 from appliance.storage.layout import Layout
 from appliance.storage.schema import connect, write_transaction
+from appliance.storage.space import DiskFull, refused_when_full
 from appliance.storage.uploads import Uploads, UploadStatus
 
 
@@ -246,7 +247,10 @@ class Store:
         origin: Origin = Origin.LOCAL,
     ) -> int:
         """Append an optional last piece, verify the digest, and make the blob visible in the
-        session's repository. A mismatch removes the session: its bytes can never become valid."""
+        session's repository. A mismatch removes the session: its bytes can never become valid.
+        A full disk (`DiskFull`) leaves no blob file behind and the session as it was before
+        this call, to be finished again once there is room."""
+        before = session
         size = session.size
         if body is not None:
             size = await self.uploads.append(session, body)
@@ -260,16 +264,32 @@ class Store:
                 detail={"expected": str(expected), "actual": f"sha256:{actual}"},
             )
         source = self.layout.upload(session.session_id)
-        if size == 0:
-            source.touch()  # the empty blob: no write made the file
-        await asyncio.get_running_loop().run_in_executor(
-            None, place_blob_file, self.layout, source, expected
-        )
-        with write_transaction(self.db):
-            self._link_blob(session.repository, expected, size)
-            self.uploads.forget(session.session_id)
+        placed: int | None = None
+        try:
+            with refused_when_full():
+                if size == 0:
+                    source.touch()  # the empty blob: no write made the file
+                placed = await asyncio.get_running_loop().run_in_executor(
+                    None, place_blob_file, self.layout, source, expected
+                )
+            with write_transaction(self.db):
+                self._link_blob(session.repository, expected, size)
+                self.uploads.forget(session.session_id)
+        except DiskFull:
+            # No await from here on: no commit of the same digest in this process can slip in
+            # between the check for its row and the file's withdrawal.
+            if placed is not None and not self._has_blob_row(expected):
+                withdraw_blob_file(self.layout, expected, placed, source)
+            self.uploads.restore(before)
+            raise
         await self.flush()
         return size
+
+    def _has_blob_row(self, digest: Digest) -> bool:
+        return (
+            self.conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (str(digest),)).fetchone()
+            is not None
+        )
 
     def mount_blob(self, repository: str, digest: Digest, source: str) -> bool:
         """Link a blob that is linked to `source` into `repository` too; False if it is not
@@ -316,10 +336,11 @@ class Store:
     def delete_blob(self, repository: str, digest: Digest) -> None:
         """Unlink a blob from a repository; its file goes at the next garbage collection."""
         repository_id = self.repository_id(repository)
-        cursor = self.conn.execute(
-            "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
-            (repository_id, str(digest)),
-        )
+        with write_transaction(self.db):
+            cursor = self.conn.execute(
+                "DELETE FROM repository_blobs WHERE repository_id = ? AND digest = ?",
+                (repository_id, str(digest)),
+            )
         if cursor.rowcount == 0:
             raise OCIError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(digest)})
 

@@ -38,6 +38,7 @@ from appliance.oci.errors import ErrorCode, OCIError
 from appliance.storage.blobs import start_writeback
 from appliance.storage.layout import Layout, is_session_id
 from appliance.storage.schema import unsynced
+from appliance.storage.space import DiskFull, refused_when_full
 
 # Bytes gathered before a write+hash is handed to the worker thread: big enough that thread
 # hand-offs are rare, small enough that memory per upload stays a few MiB.
@@ -174,8 +175,18 @@ class Uploads:
         """Append a request body to the session; returns the new size.
 
         What arrived before a client hung up stays appended, as the spec's resumable uploads
-        expect: the client asks for the size and continues from there.
+        expect: the client asks for the size and continues from there. A full disk (`DiskFull`)
+        is different: the session goes back to `session.size`, so a refused body does not keep
+        the disk full.
         """
+        try:
+            with refused_when_full():
+                return await self._append(session, body)
+        except DiskFull:
+            self.restore(session)
+            raise
+
+    async def _append(self, session: UploadStatus, body: AsyncIterator[bytes]) -> int:
         path = self.layout.upload(session.session_id)
         state = await self._hash_state(session.session_id, session.size)
         loop = asyncio.get_running_loop()
@@ -232,6 +243,12 @@ class Uploads:
         state = await asyncio.get_running_loop().run_in_executor(None, rehash)
         self._hashes[session_id] = state
         return state
+
+    def restore(self, session: UploadStatus) -> None:
+        """Cut the session's file back to `session.size`: what a refused request added goes."""
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.layout.upload(session.session_id), session.size)
+        self._hashes.pop(session.session_id, None)  # rebuilt from the file by the next append
 
     def forget(self, session_id: str) -> None:
         """Drop a session's row and memory; its file is gone or moved by the caller."""

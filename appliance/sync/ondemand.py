@@ -63,6 +63,7 @@ from appliance.control.schedule import ScheduleError
 from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.manifests import MAX_MANIFEST_BYTES, Descriptor, parse_manifest
+from appliance.storage.space import DiskFull
 from appliance.storage.store import Origin, Store, StoredManifest
 from appliance.storage.uploads import UploadStatus
 from appliance.sync.bandwidth import TokenBucket
@@ -207,12 +208,15 @@ class OnDemand:
 
     def _failed(self, err: RegistryError | OCIError, unknown: ErrorCode, what: str) -> None:
         """A fetch that failed: returns when the client is to get the plain 404 (the parent is
-        unreachable — the breaker opens — or has no such content), else raises the 502."""
+        unreachable — the breaker opens — or has no such content), else raises the 502, or the
+        507 of a disk too full to store what the parent sent."""
         if isinstance(err, UpstreamUnreachable):
             self._pause(err)
             return
         if isinstance(err, RegistryError) and err.status == 404:
             return
+        if isinstance(err, DiskFull):
+            raise err
         log.warning("on-demand: %s: %s", what, err)
         raise OCIError(
             unknown,
