@@ -556,7 +556,8 @@ class Credentials:
             or verdict.age() >= CREDENTIAL_CACHE_SECONDS
             or not verdict.holds_for(token)
         ):
-            verdict = await self._check(key, token, password)
+            # Shielded: a request given up on must not cancel the check others are waiting for.
+            verdict = await asyncio.shield(self._check(key, token, password))
             if not verdict.holds_for(token):
                 return None  # the token's passwords changed while the check ran
         elif verdict.age() >= CREDENTIAL_REFRESH_SECONDS:

@@ -178,3 +178,18 @@ async def test_a_password_deleted_during_its_check_is_refused_to_requests_that_j
     await first
     assert await joined is None
     assert checks.started == 1
+
+
+async def test_a_request_given_up_on_does_not_cancel_the_check_others_wait_for(
+    credentials: Credentials, checks: HeldChecks, clock: Clock
+) -> None:
+    password = make_token(credentials)
+    abandoned = asyncio.create_task(credentials.authenticate("client", password))
+    waiting = asyncio.create_task(credentials.authenticate("client", password))
+    while checks.started == 0:
+        await asyncio.sleep(0)
+    abandoned.cancel()
+    checks.gate.set()
+    assert await waiting is not None
+    assert abandoned.cancelled()
+    assert checks.started == 1
