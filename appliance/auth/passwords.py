@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
 
 # scrypt N=2^15, r=8, p=1: about 0.1 s and 32 MiB per check, so a stolen database is expensive
 # to attack; the credential cache keeps it off the hot path.
@@ -13,6 +18,8 @@ _N, _R, _P = 2**15, 8, 1
 _MAXMEM = 64 * 1024 * 1024
 # URL-safe alphabet, no `;` or `=`, so a password can sit in a connection string (PROTOCOL.md §1).
 PASSWORD_BYTES = 32
+# Checks running at once: bounds their memory (32 MiB each) and leaves a core to the event loop.
+CHECK_WORKERS = 2
 
 
 def generate_password() -> str:
@@ -45,3 +52,20 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(digest, base64.b64decode(expected))
+
+
+class PasswordChecks:
+    """`verify_password` off the event loop, on threads of its own: at most `workers` checks run
+    at once (the rest queue), and none holds a thread of the default executor that writes blobs.
+    Threads start on the first check; `close` joins them."""
+
+    def __init__(self, workers: int = CHECK_WORKERS) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="password-check")
+
+    async def verify(self, password: str, stored: str) -> bool:
+        log.debug("checking a password against its scrypt hash")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, verify_password, password, stored)
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)

@@ -8,20 +8,21 @@ client can move to a new password before the old one is revoked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from time import monotonic
 from typing import Any
 
 import sqlite_utils
 
-from appliance.auth.passwords import generate_password, hash_password, verify_password
+from appliance.auth.passwords import PasswordChecks, generate_password, hash_password
 from appliance.auth.scopes import (
     GatewayPermission,
     PatternError,
@@ -36,6 +37,9 @@ STATUSES = ("enabled", "disabled")
 _NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{4,49}")
 # A verified password is trusted this long before its slow hash is checked again.
 CREDENTIAL_CACHE_SECONDS = 60.0
+# From this age on a cached verdict is still served while one check renews it in the background,
+# so credentials in steady use never make a request wait for scrypt.
+CREDENTIAL_REFRESH_SECONDS = 0.8 * CREDENTIAL_CACHE_SECONDS
 _CACHE_LIMIT = 10000
 
 
@@ -167,14 +171,17 @@ class Credentials:
         max_tokens: int = 20000,
         max_scope_maps: int = 20000,
         max_permissions: int = 500,
+        password_checks: PasswordChecks | None = None,
     ) -> None:
         self.db = db
         self.conn = db.conn
         self.max_tokens = max_tokens
         self.max_scope_maps = max_scope_maps
         self.max_permissions = max_permissions
+        self.password_checks = password_checks or PasswordChecks()
         self._cache_key = secrets.token_bytes(32)
-        self._cache: dict[bytes, tuple[str | None, str, float]] = {}
+        self._cache: dict[bytes, _Verdict] = {}
+        self._checking: dict[bytes, asyncio.Task[_Verdict]] = {}
 
     # -- scope maps ----------------------------------------------------------------------------
 
@@ -529,45 +536,90 @@ class Credentials:
     async def authenticate(self, name: str, password: str) -> Token | None:
         """The enabled token whose unexpired password this is, else None.
 
-        A result is cached for a minute under an HMAC of the credentials, so Basic auth on
-        every request costs one scrypt a minute. The cache holds which password slot matched and
-        its hash: rotating or deleting that password, disabling the token or letting the
-        password expire takes effect at once, cache or not.
+        A verdict is cached for `CREDENTIAL_CACHE_SECONDS` under an HMAC of the credentials, so
+        Basic auth on every request costs one scrypt a minute; in its last fifth it is renewed
+        by one check in the background while it is still served. Concurrent requests with the
+        same credentials share one check. The cache holds which password slot matched and its
+        hash: rotating or deleting that password, disabling the token or letting the password
+        expire takes effect at once, cache or not.
         """
         try:
             token = self.token(name)
         except NotFound:
             return None
-        now = datetime.now(UTC)
         if not token.enabled:
             return None
         key = hmac.new(self._cache_key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
-        cached = self._cache.get(key)
-        if cached is not None and time.monotonic() - cached[2] < CREDENTIAL_CACHE_SECONDS:
-            slot_name, fingerprint, _ = cached
-            if slot_name is None:
-                # A recent failure with these exact credentials stays a failure while the
-                # token's passwords are the ones it was checked against.
-                if fingerprint == _fingerprint(token):
-                    return None
-            else:
-                for slot in token.passwords:
-                    if slot.name == slot_name and slot.hash == fingerprint:
-                        return None if slot.expired(now) else token
-        loop = asyncio.get_running_loop()
-        for slot in token.passwords:
-            if slot.expired(now):
-                continue
-            if await loop.run_in_executor(None, verify_password, password, slot.hash):
-                self._remember(key, slot.name, slot.hash)
-                return token
-        self._remember(key, None, _fingerprint(token))
-        return None
+        verdict = self._cache.get(key)
+        if (
+            verdict is None
+            or verdict.age() >= CREDENTIAL_CACHE_SECONDS
+            or not verdict.holds_for(token)
+        ):
+            # Shielded: a request given up on must not cancel the check others are waiting for.
+            verdict = await asyncio.shield(self._check(key, token, password))
+            if not verdict.holds_for(token):
+                return None  # the token's passwords changed while the check ran
+        elif verdict.age() >= CREDENTIAL_REFRESH_SECONDS:
+            self._check(key, token, password)
+        return verdict.answer(token, datetime.now(UTC))
 
-    def _remember(self, key: bytes, slot: str | None, fingerprint: str) -> None:
+    def _check(self, key: bytes, token: Token, password: str) -> asyncio.Task[_Verdict]:
+        """The check of these credentials in flight, started if there is none."""
+        task = self._checking.get(key)
+        if task is None:
+            task = asyncio.create_task(self._verify(key, token, password))
+            self._checking[key] = task
+            task.add_done_callback(lambda _: self._checking.pop(key, None))
+        return task
+
+    async def _verify(self, key: bytes, token: Token, password: str) -> _Verdict:
+        now = datetime.now(UTC)
+        for slot in token.passwords:
+            if not slot.expired(now) and await self.password_checks.verify(password, slot.hash):
+                verdict = _Verdict(slot.name, slot.hash, monotonic())
+                break
+        else:
+            verdict = _Verdict(None, _fingerprint(token), monotonic())
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
-        self._cache[key] = (slot, fingerprint, time.monotonic())
+        self._cache[key] = verdict
+        return verdict
+
+    async def close(self) -> None:
+        """Stop the checks in flight and the threads that run them."""
+        for task in list(self._checking.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.password_checks.close()
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What one check of a password found: the slot it matched (None: none) and what it was
+    checked against (that slot's hash, or all the token's hashes), at `monotonic()` time `at`."""
+
+    slot: str | None
+    checked: str
+    at: float
+
+    def age(self) -> float:
+        return monotonic() - self.at
+
+    def holds_for(self, token: Token) -> bool:
+        """Whether the token still has the passwords this verdict was reached on."""
+        if self.slot is None:
+            return self.checked == _fingerprint(token)
+        return any(s.name == self.slot and s.hash == self.checked for s in token.passwords)
+
+    def answer(self, token: Token, now: datetime) -> Token | None:
+        """The token if the password matched a slot that has not expired since; a verdict
+        that `holds_for` the token only."""
+        if self.slot is None:
+            return None
+        slot = next(s for s in token.passwords if s.name == self.slot)
+        return None if slot.expired(now) else token
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ A connected registry answers `/gateway/v1/registries/{name}/…` for every regis
 
 Authentication. The caller's Basic credentials are a descendant's sync token (a child's, or a
 deeper descendant's relaying through it); they are checked against the password hashes in the
-cached `descendants` settings (scrypt, off the event loop; a success is remembered for
+cached `descendants` settings (scrypt, on the `PasswordChecks` threads; a success is remembered for
 `CREDENTIAL_CACHE_SECONDS` under an HMAC of the credentials, and only while that hash is still
 sent), and the token's `scopeMap.gateways` must grant the action for `{name}`. When the check
 fails (unknown registry or token, wrong password, missing permission) this node first refreshes
@@ -57,7 +57,6 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.auth.passwords import verify_password
 from appliance.auth.tokens import CREDENTIAL_CACHE_SECONDS, CredentialError, Credentials
 from appliance.control.gateway_client import GatewayClient, GatewayError, ParentUnreachable
 from appliance.control.hierarchy import settings_etag
@@ -290,9 +289,8 @@ class Relay:
             and cached[0] in hashes
         ):
             return True
-        loop = asyncio.get_running_loop()
         for stored in hashes:
-            if await loop.run_in_executor(None, verify_password, password, stored):
+            if await self.credentials.password_checks.verify(password, stored):
                 if len(self._verified) >= 10000:
                     self._verified.clear()
                 self._verified[key] = (stored, time.monotonic())

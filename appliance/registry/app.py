@@ -108,6 +108,7 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
                 await task
         await app[RELAY].close()
         await app[ON_DEMAND].close()
+        await app[CREDENTIALS].close()
         store.close()
 
     app.cleanup_ctx.append(store_context)
