@@ -433,8 +433,8 @@ def tag_filter_options(removable: bool) -> Callable[[Callable[..., Any]], Callab
         click.option(
             "--tag-semver",
             metavar="RANGE",
-            help="Sync only version tags in this semver range, e.g. '>=1.2 <2' (README: "
-            f"\"Tag filters\"); other tags never match.{remove}",
+            help="Sync only tags that are versions in this semver range, e.g. '>=1.2 <2' "
+            f"(README: \"Tag filters\").{remove}",
         ),
     ]
 
