@@ -65,6 +65,7 @@ class Upstream:
     repositories: list[str]
     tag_include: str | None = None
     tag_exclude: str | None = None
+    tag_semver: str | None = None
     credentials_file: Path | None = None
     ca_file: Path | None = None
     schedule: str | None = None
@@ -134,6 +135,16 @@ def _cron(value: Any) -> str:
     return text
 
 
+def _semver(value: Any) -> str:
+    from appliance.sync.semver import SemverError, parse_range
+
+    try:
+        parse_range(_string(value))
+    except SemverError as err:
+        raise ValueError(f"must be a semver range such as \">=1.2 <2\": {err}") from None
+    return value
+
+
 def _strings(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("must be a list of non-empty strings")
@@ -178,6 +189,7 @@ UPSTREAM: dict[str, Check] = {
     "repositories": _strings,
     "tag_include": _string,
     "tag_exclude": _string,
+    "tag_semver": _semver,
     "credentials_file": _path,
     "ca_file": _path,
     "schedule": _cron,

@@ -378,6 +378,7 @@ def describe(cr: Json) -> str:
             ("Activation", cr["activationStatus"]),
             ("Repositories", " ".join(cr["repositories"])),
             ("Client tokens", " ".join(cr["clientTokens"]) or "-"),
+            ("Tag filters", _tag_filters(cr)),
             ("Message TTL", cr["messageTtl"]),
             ("Log level", cr["logLevel"]),
             ("Sync token", cr["syncToken"]),
@@ -385,6 +386,17 @@ def describe(cr: Json) -> str:
         ]
     )
     return f"{_table([cr])}\n\n{fields}"
+
+
+def _tag_filters(cr: Json) -> str:
+    filters = [
+        f"{label} {cr[key]}"
+        for label, key in (
+            ("include", "tagInclude"), ("exclude", "tagExclude"), ("semver", "tagSemver")
+        )
+        if cr.get(key)
+    ]
+    return "; ".join(filters) or "-"
 
 
 def _describe_scope_map(scope: Json) -> str:
@@ -403,6 +415,35 @@ def _describe_scope_map(scope: Json) -> str:
 
 
 many = functools.partial(click.option, cls=ManyValues)
+
+
+def tag_filter_options(removable: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--tag-include`, `--tag-exclude`, `--tag-semver`: which tags of its repositories the
+    connected registry syncs (the management API's tagInclude, tagExclude, tagSemver)."""
+    remove = " An empty value removes the filter." if removable else ""
+    options = [
+        click.option(
+            "--tag-include",
+            metavar="REGEX",
+            help=f"Sync only tags this Python regex finds (anchor with ^…$).{remove}",
+        ),
+        click.option(
+            "--tag-exclude", metavar="REGEX", help=f"Never sync tags this regex finds.{remove}"
+        ),
+        click.option(
+            "--tag-semver",
+            metavar="RANGE",
+            help="Sync only tags that are versions in this semver range, e.g. '>=1.2 <2' "
+            f"(README: \"Tag filters\").{remove}",
+        ),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
 
 
 @cloud.command()
@@ -457,6 +498,7 @@ many = functools.partial(click.option, cls=ManyValues)
     help=f"One of {', '.join(LOG_LEVELS)}.",
     show_default=True,
 )
+@tag_filter_options(removable=False)
 @output_option
 @yes_option
 @root_options
@@ -471,6 +513,9 @@ def create(
     sync_window: str | None,
     sync_message_ttl: str,
     log_level: str,
+    tag_include: str | None,
+    tag_exclude: str | None,
+    tag_semver: str | None,
     output: str,
     yes: bool,
 ) -> None:
@@ -494,6 +539,9 @@ def create(
             "syncWindow": sync_window,
             "messageTtl": sync_message_ttl,
             "logLevel": log_level,
+            "tagInclude": tag_include,
+            "tagExclude": tag_exclude,
+            "tagSemver": tag_semver,
         }
     )
     emit(
@@ -519,6 +567,7 @@ def create(
 )
 @many("--add-client-tokens", metavar="TOKEN [TOKEN…]", help="Tokens to accept there too.")
 @many("--remove-client-tokens", metavar="TOKEN [TOKEN…]", help="Tokens to stop accepting.")
+@tag_filter_options(removable=True)
 @output_option
 @yes_option
 @root_options
@@ -531,11 +580,14 @@ def update(
     log_level: str | None,
     add_client_tokens: tuple[str, ...],
     remove_client_tokens: tuple[str, ...],
+    tag_include: str | None,
+    tag_exclude: str | None,
+    tag_semver: str | None,
     output: str,
     yes: bool,
 ) -> None:
-    """Change connected registry NAME's schedule, window, TTL, log level or client tokens; its
-    instance picks them up at its next sync. Mode and parent never change."""
+    """Change connected registry NAME's schedule, window, TTL, log level, client tokens or tag
+    filters; its instance picks them up at its next sync. Mode and parent never change."""
     body = {
         "syncSchedule": sync_schedule,
         "syncWindow": sync_window,
@@ -543,11 +595,15 @@ def update(
         "logLevel": log_level,
         "addClientTokens": list(add_client_tokens) or None,
         "removeClientTokens": list(remove_client_tokens) or None,
+        "tagInclude": tag_include,
+        "tagExclude": tag_exclude,
+        "tagSemver": tag_semver,
     }
     if all(value is None for value in body.values()):
         raise click.UsageError(
             "nothing to change: give --sync-schedule, --sync-window, --sync-message-ttl, "
-            "--log-level, --add-client-tokens or --remove-client-tokens"
+            "--log-level, --add-client-tokens, --remove-client-tokens, --tag-include, "
+            "--tag-exclude or --tag-semver"
         )
     updated = manage.update(name, body)
     emit(output, updated, lambda: describe(updated))

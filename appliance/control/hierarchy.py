@@ -47,6 +47,7 @@ from appliance.control.schedule import (
 )
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
+from appliance.sync.semver import SemverError, parse_range
 
 READ_WRITE, READ_ONLY = "ReadWrite", "ReadOnly"
 MODES = (READ_WRITE, READ_ONLY)
@@ -107,6 +108,7 @@ class ConnectedRegistry:
     tls: str | None = None
     status_details: tuple[dict, ...] = field(default=())
     resync_requested: bool = False
+    tag_semver: str | None = None
 
     def connection_state(self, now: datetime, offline_after: timedelta | None) -> str:
         """Offline until an instance is active and has been heard from recently; then
@@ -133,6 +135,7 @@ class ConnectedRegistry:
             "repositories": list(self.repositories),
             "tagInclude": self.tag_include,
             "tagExclude": self.tag_exclude,
+            "tagSemver": self.tag_semver,
             "clientTokens": list(self.client_tokens),
             "syncSchedule": self.sync_schedule,
             "syncWindow": self.sync_window,
@@ -157,7 +160,7 @@ _COLUMNS = (
     "name, mode, parent, repositories, client_tokens, sync_schedule, sync_window, message_ttl, "
     "log_level, sync_token, activation_status, created_at, updated_at, tag_include, "
     "tag_exclude, instance_id, last_activity_time, last_sync_time, reported_state, version, "
-    "login_server, tls, status_details, resync_requested"
+    "login_server, tls, status_details, resync_requested, tag_semver"
 )
 
 
@@ -168,6 +171,13 @@ def _row(row: tuple) -> ConnectedRegistry:
     values[22] = tuple(json.loads(values[22]))
     values[23] = bool(values[23])
     return ConnectedRegistry(*values)
+
+
+def _filter_update(given: str | None, current: str | None) -> str | None:
+    """A tag filter after an update: unchanged when not given, removed when given as ""."""
+    if given is None:
+        return current
+    return given or None
 
 
 def _now() -> str:
@@ -281,6 +291,7 @@ class Hierarchy:
         log_level: str = "Information",
         tag_include: str | None = None,
         tag_exclude: str | None = None,
+        tag_semver: str | None = None,
     ) -> ConnectedRegistry:
         if not NAME.fullmatch(name):
             raise HierarchyError(
@@ -292,7 +303,8 @@ class Hierarchy:
         repos = self._repositories(repositories)
         tokens = self._client_tokens(client_tokens or [])
         self._settings(sync_schedule, sync_window, message_ttl, log_level)
-        self._tag_filters(tag_include, tag_exclude)
+        tag_include, tag_exclude = tag_include or None, tag_exclude or None
+        self._tag_filters(tag_include, tag_exclude, tag_semver)
         with write_transaction(self.store.db):
             if self._exists(name):
                 raise HierarchyError(f"connected registry {name!r} already exists in the hierarchy")
@@ -315,8 +327,8 @@ class Hierarchy:
                 "INSERT INTO connected_registries (name, mode, parent, repositories, "
                 "client_tokens, sync_schedule, sync_window, message_ttl, log_level, sync_token, "
                 "activation_status, status_details, resync_requested, tag_include, tag_exclude, "
-                "created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?)",
+                "tag_semver, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?, ?)",
                 (
                     name,
                     mode,
@@ -331,6 +343,7 @@ class Hierarchy:
                     INACTIVE,
                     tag_include,
                     tag_exclude,
+                    tag_semver,
                     now,
                     now,
                 ),
@@ -382,7 +395,7 @@ class Hierarchy:
             raise HierarchyError(f"log level must be one of {', '.join(LOG_LEVELS)}")
 
     @staticmethod
-    def _tag_filters(include: str | None, exclude: str | None) -> None:
+    def _tag_filters(include: str | None, exclude: str | None, semver: str | None) -> None:
         for what, pattern in (("tag include", include), ("tag exclude", exclude)):
             if pattern is not None:
                 try:
@@ -390,6 +403,11 @@ class Hierarchy:
                 except re.error as err:
                     message = f"{what} {pattern!r} is not a regular expression: {err}"
                     raise HierarchyError(message) from None
+        if semver is not None:
+            try:
+                parse_range(semver)
+            except SemverError as err:
+                raise HierarchyError(f"tag semver: {err}") from None
 
     def _create_sync_token(self, name: str, mode: str, repositories: tuple[str, ...]) -> None:
         permissions = tuple(Permission(r, REPOSITORY_ACTIONS[mode]) for r in repositories)
@@ -421,7 +439,11 @@ class Hierarchy:
         log_level: str | None = None,
         add_client_tokens: list[str] | None = None,
         remove_client_tokens: list[str] | None = None,
+        tag_include: str | None = None,
+        tag_exclude: str | None = None,
+        tag_semver: str | None = None,
     ) -> ConnectedRegistry:
+        """Change what is given; a tag filter given as "" is removed."""
         add, remove = add_client_tokens or [], remove_client_tokens or []
         both = set(add) & set(remove)
         if both:
@@ -437,11 +459,18 @@ class Hierarchy:
             self._settings(schedule, window, ttl, level)
             tokens = [t for t in cr.client_tokens if t not in remove]
             tokens = self._client_tokens(tokens + [t for t in add if t not in tokens])
+            include = _filter_update(tag_include, cr.tag_include)
+            exclude = _filter_update(tag_exclude, cr.tag_exclude)
+            semver = _filter_update(tag_semver, cr.tag_semver)
+            self._tag_filters(include, exclude, semver)
             self.conn.execute(
                 "UPDATE connected_registries SET sync_schedule = ?, sync_window = ?, "
-                "message_ttl = ?, log_level = ?, client_tokens = ?, updated_at = ? "
-                "WHERE name = ?",
-                (schedule, window, ttl, level, json.dumps(tokens), _now(), name),
+                "message_ttl = ?, log_level = ?, client_tokens = ?, tag_include = ?, "
+                "tag_exclude = ?, tag_semver = ?, updated_at = ? WHERE name = ?",
+                (
+                    schedule, window, ttl, level, json.dumps(tokens), include, exclude, semver,
+                    _now(), name,
+                ),
             )
         return self.get(name)
 
@@ -627,6 +656,7 @@ class Hierarchy:
             "repositories": list(cr.repositories),
             "tagInclude": cr.tag_include,
             "tagExclude": cr.tag_exclude,
+            "tagSemver": cr.tag_semver,
             "syncSchedule": cr.sync_schedule,
             "syncWindow": cr.sync_window,
             "messageTtl": cr.message_ttl,

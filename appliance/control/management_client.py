@@ -52,6 +52,7 @@ CREATE_FIELDS: dict[str, tuple[str, type]] = {
     "logLevel": ("log_level", str),
     "tagInclude": ("tag_include", str),
     "tagExclude": ("tag_exclude", str),
+    "tagSemver": ("tag_semver", str),
 }
 UPDATE_FIELDS: dict[str, tuple[str, type]] = {
     "syncSchedule": ("sync_schedule", str),
@@ -60,6 +61,10 @@ UPDATE_FIELDS: dict[str, tuple[str, type]] = {
     "logLevel": ("log_level", str),
     "addClientTokens": ("add_client_tokens", list),
     "removeClientTokens": ("remove_client_tokens", list),
+    # "" removes the filter.
+    "tagInclude": ("tag_include", str),
+    "tagExclude": ("tag_exclude", str),
+    "tagSemver": ("tag_semver", str),
 }
 IMMUTABLE = ("name", "mode", "parent", "repositories")
 

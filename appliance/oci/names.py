@@ -48,7 +48,7 @@ def validate_tag(tag: str) -> str:
 
 
 def parse_reference(reference: str) -> str | Digest:
-    """A manifest reference is a tag or a digest; anything else is refused."""
+    """A manifest reference is a tag or a digest; anything else is refused (400)."""
     if ":" in reference:
         return Digest.parse(reference)
     if is_tag(reference):

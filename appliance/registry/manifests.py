@@ -19,10 +19,23 @@ from appliance.storage.store import manifest_too_large
 from appliance.sync.ondemand import ON_DEMAND
 
 
+def _existing_reference(request: web.Request) -> str | Digest:
+    """The reference of a manifest to read or delete: one that cannot name a manifest names
+    none that exists, so it is 404 MANIFEST_UNKNOWN (as distribution answers), not 400."""
+    text = request.match_info["reference"]
+    try:
+        return parse_reference(text)
+    except OCIError:
+        raise OCIError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            detail={"name": repository_of(request), "reference": text[:300]},
+        ) from None
+
+
 @requires(CONTENT_READ)
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
-    reference = parse_reference(request.match_info["reference"])
+    reference = _existing_reference(request)
     manifest = store_of(request).manifest(repository, reference)
     if manifest is None:
         manifest = await request.app[ON_DEMAND].manifest(repository, reference)
@@ -88,7 +101,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
 @requires(CONTENT_DELETE)
 async def delete_manifest(request: web.Request) -> web.StreamResponse:
     repository = repository_of(request)
-    reference = parse_reference(request.match_info["reference"])
+    reference = _existing_reference(request)
     store = store_of(request)
     if isinstance(reference, Digest):
         store.delete_manifest(repository, reference)

@@ -217,7 +217,12 @@ def _v4(db: sqlite_utils.Database) -> None:
     db["uploads"].create_index(["digest"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    """A connected registry's semver tag filter (`tagSemver`), beside its regexes."""
+    db["connected_registries"].add_column("tag_semver", str)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

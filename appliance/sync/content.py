@@ -6,7 +6,8 @@ an upstream without one (or that refuses it to us) has its patterns skipped with
 DESIGN.md §2: no `_catalog` is needed upstream for an explicit list.
 
 Tag filters are Python regular expressions searched in the tag (anchor with `^…$` for a whole
-tag match); a tag is copied when it matches the include filter (if any) and not the exclude.
+tag match) and a semver range (sync/semver.py); a tag is copied when it matches the include
+filter and is a version in the range (each if given), and does not match the exclude filter.
 """
 
 from __future__ import annotations
@@ -17,25 +18,36 @@ from dataclasses import dataclass
 
 from appliance.auth.scopes import matches
 from appliance.sync.client import RegistryClient
+from appliance.sync.semver import Range, SemverError, parse_range
 
 log = logging.getLogger(__name__)
 
 
 class ScopeError(ValueError):
-    """A scope that cannot be used as written: a tag filter that is not a regex."""
+    """A scope that cannot be used as written: a tag filter that is not a regex, or a semver
+    range off its grammar."""
 
 
 @dataclass(frozen=True)
 class TagFilter:
     include: re.Pattern[str] | None = None
     exclude: re.Pattern[str] | None = None
+    semver: Range | None = None
 
     @classmethod
-    def of(cls, include: str | None, exclude: str | None) -> TagFilter:
-        return cls(_compile(include, "tag include"), _compile(exclude, "tag exclude"))
+    def of(
+        cls, include: str | None, exclude: str | None, semver: str | None = None
+    ) -> TagFilter:
+        try:
+            versions = parse_range(semver) if semver else None
+        except SemverError as err:
+            raise ScopeError(f"tag semver filter: {err}") from None
+        return cls(_compile(include, "tag include"), _compile(exclude, "tag exclude"), versions)
 
     def __call__(self, tag: str) -> bool:
         if self.include is not None and not self.include.search(tag):
+            return False
+        if self.semver is not None and not self.semver(tag):
             return False
         return self.exclude is None or not self.exclude.search(tag)
 

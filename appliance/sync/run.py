@@ -559,6 +559,7 @@ def _scope(settings: dict[str, Any]) -> tuple[Any, ...]:
         sorted(settings.get("repositories") or []),
         settings.get("tagInclude"),
         settings.get("tagExclude"),
+        settings.get("tagSemver"),
     )
 
 

@@ -60,7 +60,9 @@ def parent_source(
         raise SyncError("NOT_ACTIVATED: the parent or the sync token is missing from the state")
     anchor = store.layout.parent_ca_cert
     try:
-        tag_filter = TagFilter.of(settings.get("tagInclude"), settings.get("tagExclude"))
+        tag_filter = TagFilter.of(
+            settings.get("tagInclude"), settings.get("tagExclude"), settings.get("tagSemver")
+        )
     except ScopeError as err:
         raise SyncError(f"SETTINGS_INVALID: the parent's {err}") from None
     return Source(
@@ -88,7 +90,9 @@ def upstream_sources(config: Config) -> list[Source]:
         if upstream.ca_file is not None:
             ca_pem = _read(folder / upstream.ca_file, "CA file")
         try:
-            tag_filter = TagFilter.of(upstream.tag_include, upstream.tag_exclude)
+            tag_filter = TagFilter.of(
+                upstream.tag_include, upstream.tag_exclude, upstream.tag_semver
+            )
         except ScopeError as err:
             raise SyncError(f"CONFIG_INVALID: [[upstream]] {upstream.url}: {err}") from None
         found.append(

@@ -478,18 +478,38 @@ async def test_mount_needs_read_access_to_the_source(matrix: Matrix, method: str
         assert await _status(client, "HEAD", f"{base}/v2/{target}/blobs/{readable}", auth) == 200
 
 
-async def test_bearer_mount_needs_the_source_in_the_token(matrix: Matrix) -> None:
-    """The JWT is the grant: without `pull` on the source in it, no mount, even though the
-    token's scope map would allow reading the source."""
+async def test_the_challenge_of_a_mount_asks_pull_on_the_source_too(matrix: Matrix) -> None:
+    """No credentials: the 401 for a mount names the target's pull,push and the source's pull,
+    space-separated in one scope parameter, as distribution's challenge does."""
     base, target = matrix.server.url, "team/sub/app"
+    blob = digest_of(matrix.seeded["team/app"].image.blobs[0])
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(f"{base}/v2/{target}/blobs/uploads/?mount={blob}&from=team/app") as resp,
+    ):
+        await assert_unauthorized(
+            resp, matrix.server.host, f"repository:{target}:pull,push repository:team/app:pull"
+        )
+
+
+async def test_a_token_for_exactly_the_challenged_scope_mounts(matrix: Matrix) -> None:
+    """A JWT for the target only (what an earlier challenge asked): the mount is refused with
+    insufficient_scope naming both repositories; a token asked with that scope, passed on as one
+    `scope=`, mounts the blob (201) instead of opening an upload."""
+    base, host, target = matrix.server.url, matrix.server.host, "team/sub/app"
     creds = matrix.server.tokens["deep-full"]
-    source_blob = digest_of(matrix.seeded["team/app"].image.blobs[0])
+    blob = digest_of(matrix.seeded["team/app"].image.blobs[0])
+    mount = f"{base}/v2/{target}/blobs/uploads/?mount={blob}&from=team/app"
+    both = f"repository:{target}:pull,push repository:team/app:pull"
     async with aiohttp.ClientSession() as http:
         auth = await bearer_for(http, base, creds.header, [f"repository:{target}:pull,push"])
-    async with aiohttp.ClientSession(headers={"Authorization": auth}) as client:
-        assert await _mount(client, base, target, source_blob, "team/app") == 202
-        url = f"{base}/v2/{target}/blobs/{source_blob}"
-        assert await _status(client, "HEAD", url, matrix.admin) == 404
+        async with http.post(mount, headers={"Authorization": auth}) as resp:
+            await assert_unauthorized(resp, host, both, "insufficient_scope")
+            _, challenge = parse_challenge(resp.headers["WWW-Authenticate"])
+        auth = await bearer_for(http, base, creds.header, [challenge["scope"]])
+        async with aiohttp.ClientSession(headers={"Authorization": auth}) as client:
+            assert await _mount(client, base, target, blob, "team/app") == 201
+            assert await _status(client, "HEAD", f"{base}/v2/{target}/blobs/{blob}", auth) == 200
 
 
 async def test_content_of_an_unreadable_repository_is_not_reachable_by_digest(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
@@ -26,6 +28,9 @@ from oci_layout import (
     sha256_digest,
     tagged_digest,
 )
+
+from appliance.auth.tokens import Credentials, parse_permissions
+from appliance.storage.store import Store
 
 
 @pytest.fixture(autouse=True)
@@ -206,3 +211,60 @@ async def test_list_tags(registry, repo: str, tmp_path: Path) -> None:
         assert await inspect_raw(f"{registry.host}/{repo}:{tag}") == read_blob(
             src.path, image["digest"]
         )
+
+
+_ACCESS_LINE = re.compile(r'"(\w+) (\S+) HTTP/1\.1" (\d{3}) ')
+
+
+def requests_seen(log: str) -> list[tuple[str, str, int]]:
+    """(method, unquoted path and query, status) of each request in a debug access log."""
+    return [(m, unquote(target), int(s)) for m, target, s in _ACCESS_LINE.findall(log)]
+
+
+async def test_copy_between_two_repositories_under_bearer_auth_mounts_the_layers(
+    start_registry, tmp_path: Path
+) -> None:
+    """`skopeo copy docker://host/a/x:1 docker://host/b/x:1` with a token: skopeo asks to
+    reuse each layer from a/x (it asks the token for pull on a/x itself), the mount answers 201,
+    and no layer is uploaded again (skopeo always uploads the config)."""
+    data_dir = tmp_path / "data"
+    store = Store(data_dir)
+    credentials = Credentials(store.db)
+    credentials.create_scope_map("copier-map", parse_permissions(
+        [("**", ["content/read", "content/write", "metadata/read"])]
+    ))
+    _, passwords = credentials.create_token("copier", "copier-map")
+    store.close()
+    config = tmp_path / "config.toml"
+    config.write_text('log_level = "debug"\n')  # the access log
+    server = start_registry(
+        data_dir=data_dir, args=["--config", str(config), "--auth", "--insecure-http"]
+    )
+    creds = f"copier:{passwords['password1']}"
+    src = Layout(tmp_path / "in")
+    image = src.add_image("copied-by-mount", layers=2)
+    src.tag(image, "1")
+    await skopeo("copy", "--dest-creds", creds, "--dest-tls-verify=false",
+                 f"oci:{src.path}:1", f"docker://{server.host}/a/x:1")
+    before = len(requests_seen(server.log()))
+
+    await skopeo("copy", "--src-creds", creds, "--dest-creds", creds,
+                 "--src-tls-verify=false", "--dest-tls-verify=false",
+                 f"docker://{server.host}/a/x:1", f"docker://{server.host}/b/x:1")
+
+    copy = requests_seen(server.log())[before:]
+    manifest = read_blob(src.path, image["digest"])
+    layers = [layer["digest"] for layer in json.loads(manifest)["layers"]]
+    mounts = {
+        digest: status
+        for method, path, status in copy
+        for digest in layers
+        if method == "POST" and path.startswith("/v2/b/x/blobs/uploads/?")
+        and f"mount={digest}" in path and "from=a/x" in path
+    }
+    assert mounts == dict.fromkeys(layers, 201), copy
+    uploads = [path for method, path, _ in copy if method == "PUT" and "/blobs/uploads/" in path]
+    assert not [path for path in uploads for digest in layers if digest in path], uploads
+    copied = await skopeo("inspect", "--raw", "--creds", creds, "--tls-verify=false",
+                          f"docker://{server.host}/b/x:1")
+    assert copied == manifest

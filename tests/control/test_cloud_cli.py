@@ -321,9 +321,7 @@ def test_mode_and_parent_cannot_be_changed(root: Node) -> None:
     assert "--parent" in root.refused(
         "cloud", "update", "shelf01", "--parent", "edge09", exit_code=2
     )
-    assert root.refused("cloud", "update", "edge01", exit_code=2).endswith(
-        "--remove-client-tokens"
-    )
+    assert root.refused("cloud", "update", "edge01", exit_code=2).endswith("--tag-semver")
 
 
 def test_update_changes_the_schedule_and_continuous_drops_the_window(fresh_root: Node) -> None:
@@ -341,6 +339,50 @@ def test_update_changes_the_schedule_and_continuous_drops_the_window(fresh_root:
     back = node.json("cloud", "update", "edge01", "--sync-schedule", "* * * * *")
     assert (back["syncSchedule"], back["syncWindow"]) == ("* * * * *", None)
     assert "NAME_UNKNOWN" in node.refused("cloud", "update", "nosuch1", "--log-level", "Debug")
+
+
+def test_tag_filters_are_set_at_create_and_changed_or_removed_by_update(fresh_root: Node) -> None:
+    node = fresh_root
+    made = node.json(
+        "cloud", "create", "edge01", "--repository", "a", "--tag-include", "^v?[0-9]",
+        "--tag-exclude", "-rc", "--tag-semver", ">=1.2 <2",
+    )
+    assert (made["tagInclude"], made["tagExclude"], made["tagSemver"]) == (
+        "^v?[0-9]", "-rc", ">=1.2 <2"
+    )
+    assert "Tag filters:       include ^v?[0-9]; exclude -rc; semver >=1.2 <2" in node.ok(
+        "cloud", "show", "edge01"
+    )
+    updated = node.json("cloud", "update", "edge01", "--tag-semver", ">=2 || =1.9.0",
+                        "--tag-include", "")
+    assert (updated["tagInclude"], updated["tagExclude"], updated["tagSemver"]) == (
+        None, "-rc", ">=2 || =1.9.0"
+    )
+    assert "Tag filters:       exclude -rc; semver >=2 || =1.9.0" in node.ok(
+        "cloud", "show", "edge01"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tag-include", "v(1"], "tag include 'v(1' is not a regular expression"),
+        (["--tag-exclude", "[rc"], "tag exclude '[rc' is not a regular expression"),
+        (["--tag-semver", ">=1.x"], "tag semver: '1.x' in semver range '>=1.x' is not a version"),
+        (["--tag-semver", "~1.2"], "tag semver: '~1.2' in semver range '~1.2' is not a version"),
+        (["--tag-semver", ">=1 ||"], "has an empty side of '||'"),
+    ],
+)
+def test_a_bad_tag_filter_is_refused_and_changes_nothing(
+    fresh_root: Node, flags: list[str], message: str
+) -> None:
+    node = fresh_root
+    assert message in node.refused("cloud", "create", "edge01", "--repository", "a", *flags)
+    assert node.json("cloud", "list") == []
+    node.ok("cloud", "create", "edge01", "--repository", "a", "--tag-semver", ">=1")
+    assert message in node.refused("cloud", "update", "edge01", *flags)
+    kept = node.json("cloud", "show", "edge01")
+    assert (kept["tagInclude"], kept["tagExclude"], kept["tagSemver"]) == (None, None, ">=1")
 
 
 # --- list, show -------------------------------------------------------------------------------
@@ -577,6 +619,25 @@ def test_the_generated_password_authenticates_the_sync_token_at_the_gateway(
         "--generate-password", "1", "--yes",
     )
     assert gateway_settings_status(server, "edge01", parsed.token_name, parsed.password) == 401
+
+
+def test_the_remote_path_sets_and_removes_tag_filters(
+    served_root: tuple[Node, RegistryProcess, str], tmp_path: Path
+) -> None:
+    _, server, password = served_root
+    elsewhere = Node(tmp_path / "elsewhere")
+    elsewhere.data_dir.mkdir()
+    remote = ["--registry", server.url, "--username", "cloudadmin", "--password", password]
+    made = elsewhere.json(
+        "cloud", "create", "edge01", "--repository", "a", "--tag-semver", ">=1.2 <2", *remote,
+        local=False,
+    )
+    assert made["tagSemver"] == ">=1.2 <2"
+    updated = elsewhere.json(
+        "cloud", "update", "edge01", "--tag-semver", "", "--tag-exclude", "-rc", *remote,
+        local=False,
+    )
+    assert (updated["tagExclude"], updated["tagSemver"]) == ("-rc", None)
 
 
 def test_the_remote_path_creates_lists_shows_and_gets_settings(

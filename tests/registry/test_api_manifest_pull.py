@@ -127,12 +127,34 @@ async def test_manifest_of_another_repository_is_not_readable_by_digest(
         await assert_oci_error(resp, 404, "MANIFEST_UNKNOWN")
 
 
-async def test_manifest_digest_reference_is_checked_for_form(
-    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str
+# Neither a valid tag nor a digest: no manifest can have such a reference.
+NOT_A_REFERENCE = ["-dash-first", "a" * 129, "sha256:zz", "md5:" + "0" * 32]
+
+
+@pytest.mark.parametrize("reference", NOT_A_REFERENCE)
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+async def test_reading_or_deleting_a_reference_that_is_no_tag_or_digest_is_404_manifest_unknown(
+    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str, method: str,
+    reference: str,
 ) -> None:
-    await push_image(http, registry.url, repo, make_image(seed=repo), "v1")
-    async with http.get(f"{registry.url}/v2/{repo}/manifests/sha256:zz") as resp:
-        await assert_oci_error(resp, {400, 404}, "DIGEST_INVALID", "MANIFEST_UNKNOWN")
+    image = make_image(seed=repo)
+    await push_image(http, registry.url, repo, image, "v1")
+    url = f"{registry.url}/v2/{repo}/manifests/{reference}"
+    async with http.request(method, url) as resp:
+        await assert_oci_error(resp, 404, "MANIFEST_UNKNOWN")
+    async with http.get(f"{registry.url}/v2/{repo}/manifests/v1") as got:
+        assert await got.read() == image.manifest
+
+
+@pytest.mark.parametrize("reference", ["-dash-first", "a" * 129])
+async def test_pushing_to_a_reference_that_is_no_tag_is_400_manifest_invalid(
+    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str, reference: str
+) -> None:
+    image = make_image(seed=repo)
+    for blob in image.blobs:
+        await push_blob(http, registry.url, repo, blob)
+    resp = await push_manifest(http, registry.url, repo, reference, image.manifest, OCI_MANIFEST)
+    await assert_oci_error(resp, 400, "MANIFEST_INVALID")
 
 
 async def test_pushed_content_survives_a_restart(

@@ -12,10 +12,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from control.test_activation import Root, activate, make_root, node_state
+from control.test_activation import run as run_cli
 from oci import OCI_MANIFEST, digest_of, make_image, push_image
 from sync_helpers import get, run_sync, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
+from appliance.storage.store import Store
 
 PUSH_AND_LIST = PUSH | {"metadata/read"}
 
@@ -86,3 +88,42 @@ async def test_an_unreachable_parent_is_reported_and_recorded_offline(
     assert len(line.splitlines()) == 1
     assert node_state(device)["connection_state"] == "Offline"
     assert json.loads(node_state(device)["settings"])["repositories"] == ["demo/app"]
+
+
+def cloud(root: Root, *args: str) -> dict:
+    """`connected-registry cloud …` on the root's data directory, its JSON answer."""
+    result = run_cli("cloud", *args, "--data-dir", str(root.server.data_dir), "--output", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def device_tags(device: Path, repository: str) -> list[str]:
+    store = Store(device)
+    try:
+        return store.tags(repository, None, None)[0]
+    finally:
+        store.close()
+
+
+async def test_a_device_created_with_a_semver_range_syncs_only_the_versions_in_it(
+    root: Root, tmp_path: Path
+) -> None:
+    made = cloud(root, "create", "edge01", "--repository", "demo/*", "--mode", "ReadOnly",
+                 "--tag-semver", ">=1.2 <2")
+    assert made["tagSemver"] == ">=1.2 <2"
+    password = root.credentials.generate_password("edge01", "password1")
+    device = tmp_path / "device"
+    activated = await asyncio.to_thread(activate, device, root.connection("edge01", password))
+    assert activated.returncode == 0, activated.stderr
+    tags = ["1.1.0", "1.2.0", "v1.4.2", "1.9.9-rc.1", "1.5", "2.0.0", "latest"]
+    async with aiohttp.ClientSession(headers=pusher(root)) as http:
+        for tag in tags:
+            await push_image(http, root.server.url, "demo/app", make_image(f"semver {tag}"), tag)
+
+    await asyncio.to_thread(sync_json, "--data-dir", str(device))
+    assert device_tags(device, "demo/app") == ["1.2.0", "v1.4.2"]
+
+    # The new range reaches the device with its settings; the next sync applies it.
+    assert cloud(root, "update", "edge01", "--tag-semver", ">=1.2")["tagSemver"] == ">=1.2"
+    await asyncio.to_thread(sync_json, "--data-dir", str(device))
+    assert device_tags(device, "demo/app") == ["1.2.0", "2.0.0", "v1.4.2"]

@@ -218,6 +218,23 @@ async def test_patterns_resolve_through_the_catalog_and_tag_filters_apply(
         store.close()
 
 
+async def test_an_upstream_with_a_semver_range_mirrors_only_the_versions_in_it(
+    upstream: DistributionRegistry, tmp_path: Path
+) -> None:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        for tag in ("1.1.9", "v1.2.0", "1.4.0-beta.1", "1.4.0", "2.0.0", "1.4", "latest"):
+            await push_image(http, upstream.url, "mirror/app", make_image(f"app-{tag}", 1), tag)
+    config = node_config(tmp_path, upstream.url, ["mirror/app"], tag_semver=">=1.2 <2")
+
+    await asyncio.to_thread(sync_json, "--config", str(config))
+
+    store = Store(tmp_path / "node")
+    try:
+        assert store.tags("mirror/app", None, None)[0] == ["1.4.0", "v1.2.0"]
+    finally:
+        store.close()
+
+
 def test_a_second_run_while_one_holds_the_lock_does_nothing(
     upstream: DistributionRegistry, tmp_path: Path
 ) -> None:
@@ -355,6 +372,15 @@ def test_a_bad_upstream_schedule_is_a_config_error(tmp_path: Path) -> None:
     result = run_sync("--config", str(path))
     assert result.returncode == 2
     assert "schedule" in result.stderr and "cron" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_upstream_semver_range_is_a_config_error(tmp_path: Path) -> None:
+    path = node_config(tmp_path, "http://127.0.0.1:9", ["mirror/app"], tag_semver=">=1.2 <2.x")
+    result = run_sync("--config", str(path))
+    assert result.returncode == 2
+    assert "'tag_semver' must be a semver range" in result.stderr
+    assert "'2.x' in semver range '>=1.2 <2.x' is not a version" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
