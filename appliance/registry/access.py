@@ -4,7 +4,8 @@ With auth on, a caller is a bearer token (from our token endpoint), Basic creden
 token, or anonymous. What each handler needs is declared beside it (`@requires`). Refusals:
 - no or bad credentials → 401 `UNAUTHORIZED` with the Bearer challenge clients follow;
 - a bearer token without the scope, when its token's scope map would allow it → 401 with the
-  challenge for that scope (the client fetches a bigger token);
+  challenge for that scope (the client fetches a bigger token); a cross-repository mount's
+  challenge asks pull on its `from` too, as distribution's does;
 - good credentials beyond their scope map → 403 `DENIED`.
 Whatever the credentials, a ReadOnly node refuses pushes (403 `DENIED`) and deletes (405
 `UNSUPPORTED`).
@@ -28,7 +29,7 @@ from appliance.auth.bearer import InvalidToken, TokenAuthority
 from appliance.auth.scopes import CONTENT_DELETE, CONTENT_READ, CONTENT_WRITE, METADATA_READ
 from appliance.auth.tokens import Credentials
 from appliance.oci.errors import ErrorCode, OCIError
-from appliance.oci.names import validate_name
+from appliance.oci.names import NAME_RE, validate_name
 from appliance.registry.context import CATALOG, LOGIN, Handler, required_access, store_of
 
 READ_ONLY = "ReadOnly"
@@ -158,12 +159,34 @@ def authorize(request: web.Request, identity: Identity, needs: frozenset[str]) -
     authorize_repository(request, identity, repository, needs)
 
 
+def _mount_source(request: web.Request, repository: str, needs: frozenset[str]) -> str | None:
+    """The `from` of a cross-repository mount (`POST …/uploads/?mount=D&from=R`), which the
+    mount reads; None for any other request, or a `from` the handler will refuse."""
+    query = request.query
+    if CONTENT_WRITE not in needs or "mount" not in query or "from" not in query:
+        return None
+    source = query["from"]
+    if source == repository or not NAME_RE.fullmatch(source):
+        return None
+    return source
+
+
+def _challenge_scope(request: web.Request, repository: str, needs: frozenset[str]) -> str:
+    scope = _docker_scope(repository, needs)
+    source = _mount_source(request, repository, needs)
+    if source is not None:
+        # As distribution does: the challenge asks pull on `from` too (one scope parameter,
+        # space-separated), so a client that asks for exactly that can mount.
+        scope += f" repository:{source}:pull"
+    return scope
+
+
 def authorize_repository(
     request: web.Request, identity: Identity, repository: str, needs: frozenset[str]
 ) -> None:
     if needs <= identity.repository_actions(repository):
         return
-    scope = _docker_scope(repository, needs)
+    scope = _challenge_scope(request, repository, needs)
     if identity.anonymous:
         raise unauthorized(request, scope, "authentication required")
     entitled = identity.entitled_actions
@@ -173,6 +196,24 @@ def authorize_repository(
         ErrorCode.DENIED,
         "insufficient scopes to perform the operation",
         detail={"repository": repository, "needs": sorted(needs)},
+    )
+
+
+def authorize_mount_source(request: web.Request, identity: Identity, needs: frozenset[str]) -> None:
+    """A bearer token that may push but lacks pull on the mount's source, which its scope map
+    would give: 401 for a token with both. Without the right, the mount becomes an upload."""
+    repository = request.match_info.get("name", "")
+    source = _mount_source(request, repository, needs)
+    entitled = identity.entitled_actions
+    if source is None or identity.method != "bearer" or entitled is None:
+        return
+    if CONTENT_READ in identity.repository_actions(source) or CONTENT_READ not in entitled(source):
+        return
+    raise unauthorized(
+        request,
+        _challenge_scope(request, repository, needs),
+        "token does not grant pull on the mount's source",
+        "insufficient_scope",
     )
 
 
@@ -215,5 +256,8 @@ async def access_control(request: web.Request, handler: Handler) -> web.StreamRe
         identity = await identify(request)
         request[IDENTITY] = identity
         authorize(request, identity, needs)
-    check_mode(request, needs)
+        check_mode(request, needs)
+        authorize_mount_source(request, identity, needs)
+    else:
+        check_mode(request, needs)
     return await handler(request)

@@ -1,9 +1,10 @@
 """The token endpoint, `/oauth2/token`: Docker's GET flow and the OAuth2 POST flow.
 
 GET (docker, skopeo, podman): Basic credentials optional (anonymous gets anonymous pull only),
-`scope=` repeated. POST (containerd, buildkit try it first): a form with
-`grant_type=password` (`username`, `password`) or `grant_type=refresh_token`, `scope` space
-separated. Either way the grant is the intersection of what was asked and what is allowed.
+`scope=` repeated, each possibly several space-separated. POST (containerd, buildkit try it
+first): a form with `grant_type=password` (`username`, `password`) or
+`grant_type=refresh_token`, `scope` space separated. Either way the grant is the intersection
+of what was asked and what is allowed.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ async def get_token(request: web.Request) -> web.StreamResponse:
         raise _refused("the token endpoint takes Basic credentials or none")
     else:
         identity = _anonymous(request)
-    return _token_response(request, identity, request.query.getall("scope", []), refresh=False)
+    # One `scope=` may hold several, space-separated: a client may pass a challenge's on as is.
+    scopes = [s for value in request.query.getall("scope", []) for s in value.split(" ") if s]
+    return _token_response(request, identity, scopes, refresh=False)
 
 
 async def post_token(request: web.Request) -> web.StreamResponse:
