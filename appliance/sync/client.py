@@ -128,7 +128,10 @@ def next_link(header: str | None, base: str) -> str | None:
 
 class RegistryClient:
     """One upstream registry. Use as `async with`; `requests` counts every HTTP request sent.
-    `limiter`, when given, paces every blob transfer (it may be shared with other clients)."""
+    `limiter`, when given, paces every blob transfer (it may be shared with other clients).
+    `first_byte`, when given, bounds in seconds how long a request without a body may wait for
+    the response's headers, connecting included; the body is then bounded only by `timeout`'s
+    `sock_read` between reads, so a slow but moving download is never cut by it."""
 
     def __init__(
         self,
@@ -139,6 +142,7 @@ class RegistryClient:
         tries: int = TRIES,
         timeout: aiohttp.ClientTimeout = TIMEOUT,
         limiter: TokenBucket | None = None,
+        first_byte: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.endpoint = self.base_url.split("://", 1)[-1]
@@ -160,6 +164,7 @@ class RegistryClient:
         self._realm: dict[str, str] | None = None
         self._use_basic = False
         self._limiter = limiter
+        self._first_byte = first_byte
         self.requests = 0
 
     def _proxy(self, url: str) -> Proxy:
@@ -433,16 +438,19 @@ class RegistryClient:
             authorization = await self._authorization(scope)
             if authorization:
                 sent["Authorization"] = authorization
+            # A request with a body has its headers only once the body is sent: not bounded.
+            first_byte = self._first_byte if body is None else None
             try:
-                response = await self._session.request(
-                    method,
-                    url,
-                    headers=sent,
-                    ssl=self._ssl,
-                    data=body() if body else None,
-                    proxy=proxy,
-                    proxy_auth=proxy_auth,
-                )
+                async with asyncio.timeout(first_byte):
+                    response = await self._session.request(
+                        method,
+                        url,
+                        headers=sent,
+                        ssl=self._ssl,
+                        data=body() if body else None,
+                        proxy=proxy,
+                        proxy_auth=proxy_auth,
+                    )
             except aiohttp.ClientConnectorCertificateError as err:
                 raise _untrusted(self.endpoint, err.certificate_error) from None
             except aiohttp.ClientSSLError as err:
@@ -512,14 +520,16 @@ class RegistryClient:
         headers = {"Authorization": self._basic} if self._basic else {}
         proxy, proxy_auth = self._proxy(realm["realm"])
         try:
-            async with self._session.get(
-                realm["realm"],
-                params=query,
-                headers=headers,
-                ssl=self._ssl,
-                proxy=proxy,
-                proxy_auth=proxy_auth,
-            ) as response:
+            async with asyncio.timeout(self._first_byte):
+                response = await self._session.get(
+                    realm["realm"],
+                    params=query,
+                    headers=headers,
+                    ssl=self._ssl,
+                    proxy=proxy,
+                    proxy_auth=proxy_auth,
+                )
+            async with response:
                 self.requests += 1
                 if response.status != 200:
                     raise RegistryError(

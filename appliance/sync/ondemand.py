@@ -9,9 +9,10 @@ When the parent is asked at all — all of these, else the client gets today's 4
   middleware has already authorized the client for the repository: on-demand never lets a
   client read more than it could read had the content been synced;
 - the sync window of the cached settings is open: windows exist to control traffic;
-- the parent did not just fail: after an unreachable parent (a refused or timed-out connection
-  after a 2 s connect timeout, or a 5xx) no on-demand fetch is tried for `PAUSE_AFTER_FAILURE`
-  seconds, so a device cut off from its parent answers from what it has without delay.
+- the parent did not just fail: after an unreachable parent (a refused connection, none within
+  2 s, no response headers within `FIRST_BYTE` s of asking, or a 5xx) no on-demand fetch is
+  tried for `PAUSE_AFTER_FAILURE` seconds, so a device cut off from its parent answers from
+  what it has without delay.
 
 What happens inside the request, and what after:
 - a manifest is fetched (its digest verified: against the reference, or the parent's
@@ -81,9 +82,12 @@ from appliance.system.logs import fields
 
 log = logging.getLogger(__name__)
 
-# A client is waiting: a parent that does not accept a connection in 2 s is taken as down, and
-# one try is all it gets (the breaker, not retries, decides when to ask again).
+# A client is waiting: a parent that does not accept a connection in 2 s, or has not begun to
+# answer FIRST_BYTE seconds after being asked, is taken as down, and one try is all it gets (the
+# breaker, not retries, decides when to ask again). A body that stalls for 30 s is cut; one that
+# moves is never (a big layer on a slow link may take its time).
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2, sock_connect=2, sock_read=30)
+FIRST_BYTE = 3.0
 PAUSE_AFTER_FAILURE = 30.0
 DOWNLOAD_SLOTS = PARALLEL_BLOBS
 # Trees completed at once, and at most waiting: past that a manifest is served but its tree is
@@ -231,7 +235,9 @@ class OnDemand:
         key = (source.url, source.username, source.password, source.ca_pem)
         client = self._clients.get(key)
         if client is None:
-            client = RegistryClient(*key, tries=1, timeout=TIMEOUT, limiter=self._limiter)
+            client = RegistryClient(
+                *key, tries=1, timeout=TIMEOUT, limiter=self._limiter, first_byte=FIRST_BYTE
+            )
             await client.__aenter__()
             self._clients[key] = client
         return client

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from control.test_activation import Root, activate, make_root, node_state
 from oci import OCI_MANIFEST, digest_of, make_image, push_image
-from sync_helpers import get, run_sync, sync_json
+from sync_helpers import SilentParent, get, run_sync, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 
@@ -86,3 +86,26 @@ async def test_an_unreachable_parent_is_reported_and_recorded_offline(
     assert len(line.splitlines()) == 1
     assert node_state(device)["connection_state"] == "Offline"
     assert json.loads(node_state(device)["settings"])["repositories"] == ["demo/app"]
+
+
+async def test_a_parent_that_accepts_and_never_answers_is_unreachable_within_seconds(
+    root: Root, tmp_path: Path
+) -> None:
+    password = root.create("edge01", ["demo/app"], mode="ReadOnly")
+    device = tmp_path / "device"
+    activated = await asyncio.to_thread(activate, device, root.connection("edge01", password))
+    assert activated.returncode == 0, activated.stderr
+    root.server.stop()
+    silent = await SilentParent(root.server.port).start()
+    try:
+        # Generous, but under the 15 s a settings request used to be given.
+        result = await asyncio.to_thread(run_sync, "--data-dir", str(device), timeout=13)
+    finally:
+        await silent.stop()
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: PARENT_UNREACHABLE: cannot reach {root.server.host}: no answer within 5 s"
+    )
+    assert silent.connections == 1
+    assert node_state(device)["connection_state"] == "Offline"
