@@ -174,7 +174,7 @@ def _uploads(uploads: dict[str, Any]) -> str:
         hours = uploads["abandonedAfterSeconds"] / 3600
         line += (
             f", {uploads['abandoned']} idle for over {hours:g} h "
-            f"({human_size(uploads['abandonedBytes'])}), purged by the running service"
+            f"({human_size(uploads['abandonedBytes'])}), which the service purges"
         )
     return line
 
