@@ -61,10 +61,14 @@ def _given_string(
         raise click.UsageError("give --connection-string or --connection-string-file, not both")
     if connection_string_file is not None:
         try:
-            return connection_string_file.read_text().strip()
+            return connection_string_file.read_text(encoding="utf-8").strip()
         except OSError as err:
             raise click.UsageError(
                 f"cannot read {connection_string_file}: {err.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise click.UsageError(
+                f"cannot read {connection_string_file}: it is not UTF-8 text"
             ) from None
     return connection_string
 
@@ -87,28 +91,16 @@ def _ask_login_server(default: str) -> str:
             click.echo(f"Error: {err}", err=True)
 
 
-def _trust(connection: ConnectionString, ca_file: Path | None, yes: bool) -> None:
-    """Show whom the device will trust; a pinned fingerprint needs the operator's yes."""
+def _parent_line(connection: ConnectionString, ca_file: Path | None) -> str:
+    """Whom the device will trust, and how its certificate is checked."""
     parent = connection.base_url
     if connection.protocol == "http":
-        click.echo(f"Parent: {parent} (plain HTTP: a loopback parent, for development only)")
-        return
+        return f"Parent: {parent} (plain HTTP: a loopback parent, for development only)"
     if ca_file is not None:
-        click.echo(f"Parent: {parent}, its certificate checked against the CA in {ca_file}")
-        return
+        return f"Parent: {parent}, its certificate checked against the CA in {ca_file}"
     if connection.fingerprint is None:
-        click.echo(f"Parent: {parent}, its certificate checked against the system's CAs")
-        return
-    click.echo(f"Parent: {parent}, certificate fingerprint {connection.fingerprint}")
-    if yes:
-        return
-    if not _interactive():
-        raise click.ClickException(
-            "refusing to trust the parent's certificate fingerprint without confirmation and no "
-            "terminal to ask on: pass --yes"
-        )
-    if not click.confirm("Trust this certificate for the parent?", default=False):
-        raise click.ClickException("not activated: the parent's certificate was not trusted")
+        return f"Parent: {parent}, its certificate checked against the system's CAs"
+    return f"Parent: {parent}, certificate fingerprint {connection.fingerprint}"
 
 
 @click.command()
@@ -189,16 +181,35 @@ def activate(
             "--ca-file is for an https parent whose connection string pins no "
             "ParentCertificateFingerprint"
         )
-    click.echo(f"Connection string: {connection.redacted()}")
-    _trust(connection, ca_file, yes)
     if login_server is not None:
         try:
             login_server = parse_login_server(login_server)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--login-server") from None
-    elif _interactive() and not yes and state.get("role") != CONNECTED:
-        login_server = _ask_login_server(state.get("login_server") or default_login_server())
-    click.echo(f"Activating {connection.registry_name} with the parent at {connection.base_url}…")
+    confirm = connection.fingerprint is not None and not yes
+    if confirm and not _interactive():
+        raise click.ClickException(
+            "refusing to trust the parent's certificate fingerprint without confirmation and no "
+            "terminal to ask on: pass --yes"
+        )
+    ask_login = (
+        login_server is None and _interactive() and not yes and state.get("role") != CONNECTED
+    )
+    shown = f"Connection string: {connection.redacted()}\n{_parent_line(connection, ca_file)}"
+    # A person is shown what they are asked about; unattended, nothing is printed until the
+    # parent has answered, so a refusal is the one line there is.
+    asked = confirm or ask_login
+    if asked:
+        click.echo(shown)
+        if confirm and not click.confirm("Trust this certificate for the parent?", default=False):
+            raise click.ClickException("not activated: the parent's certificate was not trusted")
+        if ask_login:
+            login_server = _ask_login_server(
+                state.get("login_server") or default_login_server()
+            )
+        click.echo(
+            f"Activating {connection.registry_name} with the parent at {connection.base_url}…"
+        )
     try:
         result = asyncio.run(
             activate_node(
@@ -211,6 +222,8 @@ def activate(
         )
     except (ActivationError, GatewayError) as err:
         raise click.ClickException(str(err)) from None
+    if not asked:
+        click.echo(shown)
     if result.already_active:
         click.echo(
             f"{result.name} is already activated on this node (instance {result.instance_id}); "

@@ -30,6 +30,7 @@ from appliance.control.local import live_status
 from appliance.control.node import CLOUD, CONNECTED, NodeState
 from appliance.storage.layout import Layout
 from appliance.storage.store import Store
+from appliance.storage.uploads import ABANDONED_AFTER
 from appliance.sync.run import LAST_RUN
 
 DEVELOPMENT = "development"
@@ -43,6 +44,7 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
     blob_count, blob_bytes = conn.execute(
         "SELECT count(*), coalesce(sum(size), 0) FROM blobs"
     ).fetchone()
+    uploads = store.uploads.tally()
     status: dict[str, Any] = {
         "role": role,
         "name": node.get("name"),
@@ -56,6 +58,14 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
             "blobs": blob_count,
             "blobBytes": blob_bytes,
             "freeBytes": shutil.disk_usage(store.layout.root).free,
+            # Pushes under way and partial downloads; abandoned ones are purged by the service.
+            "uploads": {
+                "sessions": uploads.sessions,
+                "bytes": uploads.bytes,
+                "abandoned": uploads.abandoned,
+                "abandonedBytes": uploads.abandoned_bytes,
+                "abandonedAfterSeconds": int(ABANDONED_AFTER),
+            },
         },
         "repositories": conn.execute("SELECT count(*) FROM repositories").fetchone()[0],
         "tags": conn.execute("SELECT count(*) FROM tags").fetchone()[0],
@@ -116,6 +126,7 @@ def _table(status: dict[str, Any]) -> str:
     fields += [
         ("Data", status["dataDir"]),
         ("Blobs", f"{storage['blobs']} ({human_size(storage['blobBytes'])})"),
+        ("Uploads", _uploads(storage["uploads"])),
         ("Free space", human_size(storage["freeBytes"])),
         ("Repositories", str(status["repositories"])),
         ("Tags", str(status["tags"])),
@@ -155,6 +166,17 @@ def _sync(sync: dict[str, Any]) -> str | None:
         f"{last['blobs']} blobs, {human_size(last['bytes'])}, {last['errors']} error(s)"
     )
     return line + (f"; first: {last['firstError']}" if last["firstError"] else "")
+
+
+def _uploads(uploads: dict[str, Any]) -> str:
+    line = f"{uploads['sessions']} session(s) ({human_size(uploads['bytes'])})"
+    if uploads["abandoned"]:
+        hours = uploads["abandonedAfterSeconds"] / 3600
+        line += (
+            f", {uploads['abandoned']} idle for over {hours:g} h "
+            f"({human_size(uploads['abandonedBytes'])}), which the service purges"
+        )
+    return line
 
 
 def _connection(status: dict[str, Any]) -> str:

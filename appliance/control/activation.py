@@ -37,7 +37,7 @@ from appliance import __version__
 from appliance.auth.certificates import CertificateError, Host, IssuedCertificates, issue
 from appliance.auth.certificates import parse_host as parse_certificate_host
 from appliance.auth.tokens import CredentialError, Credentials
-from appliance.control.connection_string import ConnectionString
+from appliance.control.connection_string import ConnectionString, port_number
 from appliance.control.gateway_client import (
     GatewayClient,
     GatewayError,
@@ -107,17 +107,18 @@ def parse_login_server(text: str) -> str:
     """HOST[:PORT] clients use to reach this node (a DNS name or IP address; IPv6 in
     brackets); ValueError naming the problem."""
     text = text.strip()
+    shown = repr(text if len(text) <= 80 else f"{text[:80]}…")
     host = login_server_host(text)
     rest = text.removeprefix(f"[{host}]" if text.startswith("[") else host)
-    if rest and (not rest.startswith(":") or not rest[1:].isdigit()):
-        raise ValueError(f"login server {text!r} must be HOST or HOST:PORT")
-    if rest and not 0 < login_server_port(text) < 65536:
-        raise ValueError(f"login server {text!r}: the port must be a number from 1 to 65535")
+    if rest and not rest.startswith(":"):
+        raise ValueError(f"login server {shown} must be HOST or HOST:PORT")
+    if rest and port_number(rest[1:]) is None:
+        raise ValueError(f"login server {shown}: the port must be a number from 1 to 65535")
     try:
         parse_certificate_host(host)
     except ValueError:
         raise ValueError(
-            f"login server {text!r}: {host!r} is not a DNS name or an IP address"
+            f"login server {shown}: the host is not a DNS name or an IP address"
         ) from None
     return text
 
@@ -126,7 +127,7 @@ def login_server_port(login_server: str) -> int:
     """The port of HOST[:PORT]; 443 when none is written."""
     host = login_server_host(login_server)
     rest = login_server.removeprefix(f"[{host}]" if login_server.startswith("[") else host)
-    return int(rest[1:]) if rest[1:].isdigit() else HTTPS_PORT
+    return port_number(rest[1:]) or HTTPS_PORT
 
 
 def login_server_host(login_server: str) -> str:

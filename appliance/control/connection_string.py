@@ -29,6 +29,8 @@ HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
+# ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+PORT = re.compile(r"[0-9]{1,5}")
 
 
 class ConnectionStringError(ValueError):
@@ -80,8 +82,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def port_number(text: str) -> int | None:
+    """The TCP port `text` names (ASCII digits, 1-65535); None for anything else."""
+    if not PORT.fullmatch(text) or not 0 < int(text) < 65536:
+        return None
+    return int(text)
+
+
 def parse_endpoint(text: str) -> tuple[str, int]:
     """`host:port` or `[ipv6]:port`; a port is required (443 may be written)."""
+    shown = repr(text if len(text) <= 80 else f"{text[:80]}…")
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -89,18 +99,19 @@ def parse_endpoint(text: str) -> tuple[str, int]:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ConnectionStringError(
-                f"ParentGatewayEndpoint {text!r}: {host!r} is not an IPv6 address"
+                f"ParentGatewayEndpoint {shown}: the host is not an IPv6 address"
             ) from None
     elif not sep or not (HOSTNAME.fullmatch(host) or _is_ipv4(host)):
         raise ConnectionStringError(
-            f"ParentGatewayEndpoint {text!r} must be HOST:PORT (a DNS name or IP address and a "
+            f"ParentGatewayEndpoint {shown} must be HOST:PORT (a DNS name or IP address and a "
             "port)"
         )
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    number = port_number(port)
+    if number is None:
         raise ConnectionStringError(
-            f"ParentGatewayEndpoint {text!r}: the port must be a number from 1 to 65535"
+            f"ParentGatewayEndpoint {shown}: the port must be a number from 1 to 65535"
         )
-    return host, int(port)
+    return host, number
 
 
 def _is_ipv4(host: str) -> bool:

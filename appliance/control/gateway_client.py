@@ -37,7 +37,10 @@ from appliance.control.node import NodeState
 from appliance.storage.store import Store
 from appliance.sync.client import environment_proxy
 
-TIMEOUT = aiohttp.ClientTimeout(total=15, connect=10)
+# Every gateway answer is a small JSON document: a parent that takes 5 s to accept, or 5 s to
+# send a byte once asked, is taken as unreachable (a sync run against a black hole then ends in
+# about 5 s, not 15).
+TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5, sock_read=5)
 PARENT_UNREACHABLE = "PARENT_UNREACHABLE"
 UNTRUSTED_PARENT = "UNTRUSTED_PARENT"
 
@@ -91,6 +94,10 @@ def read_ca_file(path: Path) -> bytes:
 
 
 def _reason(err: BaseException) -> str:
+    if isinstance(err, aiohttp.ConnectionTimeoutError):
+        return f"no connection within {TIMEOUT.connect:.0f} s"
+    if isinstance(err, aiohttp.SocketTimeoutError):
+        return f"no answer within {TIMEOUT.sock_read:.0f} s"
     if isinstance(err, TimeoutError):
         return f"no answer within {TIMEOUT.total:.0f} s"
     if isinstance(err, aiohttp.ClientConnectorError):
@@ -246,7 +253,11 @@ class GatewayClient:
         if wait > 0:
             query += f"&wait={wait:g}"
         # The long poll must not be cut by the usual 15 s total.
-        timeout = aiohttp.ClientTimeout(total=(TIMEOUT.total or 15) + wait, connect=10)
+        timeout = aiohttp.ClientTimeout(
+            total=(TIMEOUT.total or 15) + wait,
+            connect=TIMEOUT.connect,
+            sock_read=(TIMEOUT.sock_read or 5) + wait,
+        )
         _, _, data = await self._call("GET", query, timeout=timeout)
         answer = _json_object(data, self.endpoint)
         if not isinstance(answer.get("cursor"), int) or not isinstance(answer.get("changes"), list):

@@ -61,6 +61,17 @@ class UploadStatus:
     size: int
 
 
+@dataclass(frozen=True)
+class SessionTally:
+    """Upload sessions (pushes under way and download partials) and the bytes they hold on disk:
+    all of them, and those idle for longer than the age after which they are purged."""
+
+    sessions: int
+    bytes: int
+    abandoned: int
+    abandoned_bytes: int
+
+
 class Uploads:
     def __init__(self, layout: Layout, db: sqlite_utils.Database) -> None:
         self.layout = layout
@@ -260,6 +271,20 @@ class Uploads:
     def cancel(self, session: UploadStatus) -> None:
         self.forget(session.session_id)
         self.layout.upload(session.session_id).unlink(missing_ok=True)
+
+    def tally(self, max_age: float = ABANDONED_AFTER) -> SessionTally:
+        """Count the sessions and their bytes; abandoned: no byte for longer than `max_age`
+        seconds, which `purge_abandoned` removes unless a process holds one."""
+        cutoff = time.time() - max_age
+        sessions = abandoned = total = abandoned_bytes = 0
+        for session_id, updated_at in self.db.execute("SELECT id, updated_at FROM uploads"):
+            size = self._size(session_id) if is_session_id(session_id) else 0
+            sessions += 1
+            total += size
+            if updated_at < cutoff:
+                abandoned += 1
+                abandoned_bytes += size
+        return SessionTally(sessions, total, abandoned, abandoned_bytes)
 
     def purge_abandoned(self, max_age: float = ABANDONED_AFTER) -> int:
         """Remove sessions idle for longer than `max_age` seconds, and files with no session."""

@@ -258,6 +258,7 @@ def test_a_second_instance_gets_already_activated_and_writes_nothing(
         assert result.returncode == 1
         line = one_error_line(result)
         assert line == f"Error: ALREADY_ACTIVATED: {ALREADY_ACTIVATED_MESSAGE}"
+        assert result.stdout == ""
     assert not fresh.exists()
     assert snapshot(existing) == before
     assert root.hierarchy.get("edge01").instance_id == node_state(first)["instance_id"]
@@ -343,6 +344,7 @@ def test_a_wrong_password_is_unauthorized_and_writes_nothing(root: Root, tmp_pat
 
     assert result.returncode == 1
     assert one_error_line(result) == "Error: UNAUTHORIZED: Incorrect Password"
+    assert result.stdout == ""
     assert not device.exists()
     assert root.status("edge01") == "Inactive"
 
@@ -362,6 +364,7 @@ def test_an_unreachable_parent_is_a_clear_error_and_writes_nothing(
     line = one_error_line(result)
     expected = f"Error: PARENT_UNREACHABLE: cannot reach the parent at 127.0.0.1:{port}: "
     assert line.startswith(expected)
+    assert result.stdout == ""
     assert not device.exists()
 
 
@@ -381,8 +384,14 @@ GOOD = (
         (GOOD.replace("127.0.0.1:5050", "127.0.0.1"), "ParentGatewayEndpoint"),
         (GOOD.replace("127.0.0.1:5050", "parent.example:443"), "ParentEndpointProtocol http"),
         (GOOD.replace("edge01;SyncToken", "e;SyncToken", 1), "ConnectedRegistryName"),
+        (GOOD.replace(":5050", ":\u00b2"), "the port must be a number from 1 to 65535"),
+        (GOOD.replace(":5050", ":" + "9" * 5000), "the port must be a number from 1 to 65535"),
+        (GOOD.replace(":5050", ":65536"), "the port must be a number from 1 to 65535"),
     ],
-    ids=["missing", "unknown", "duplicate", "bad-endpoint", "http-not-loopback", "bad-name"],
+    ids=[
+        "missing", "unknown", "duplicate", "bad-endpoint", "http-not-loopback", "bad-name",
+        "superscript-port", "5000-digit-port", "port-too-big",
+    ],
 )
 def test_a_malformed_connection_string_names_the_field(
     tmp_path: Path, connection: str, field: str
@@ -395,7 +404,39 @@ def test_a_malformed_connection_string_names_the_field(
     line = one_error_line(result)
     assert line.startswith("Error: invalid connection string: ")
     assert field in line
+    assert len(line) < 300
+    assert result.stdout == ""
     assert "abcdefghijklmnopqrstuvwxyz012345" not in result.stdout + result.stderr
+    assert not device.exists()
+
+
+def test_a_connection_string_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    string_file = tmp_path / "connection-string"
+    string_file.write_bytes(GOOD.encode().replace(b"edge01", b"edge\xff\xfe", 1))
+    device = tmp_path / "device"
+
+    result = run(
+        "activate", "--data-dir", str(device), "--connection-string-file", str(string_file),
+        "--yes", "--no-start",
+    )
+
+    assert result.returncode == 2
+    assert one_error_line(result) == f"Error: cannot read {string_file}: it is not UTF-8 text"
+    assert result.stdout == ""
+    assert not device.exists()
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "9" * 5000, "0"])
+def test_a_login_server_with_a_bad_port_is_one_line(tmp_path: Path, port: str) -> None:
+    device = tmp_path / "device"
+
+    result = activate(device, GOOD, "--login-server", f"edge01.example:{port}")
+
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "--login-server" in line and "the port must be a number from 1 to 65535" in line
+    assert len(line) < 300
+    assert result.stdout == ""
     assert not device.exists()
 
 

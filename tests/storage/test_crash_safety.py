@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -365,6 +368,49 @@ def age_upload(db_path: Path, upload_id: str, age: timedelta) -> list[str]:
         return list(changed)
     finally:
         db.close()
+
+
+def status_of(data_dir: Path, *args: str) -> str:
+    """`connected-registry status`, as an operator runs it beside the service."""
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "status", "--data-dir", str(data_dir), *args],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def status_json(data_dir: Path) -> dict:
+    return json.loads(status_of(data_dir, "--output", "json"))
+
+
+async def test_status_counts_upload_sessions_and_those_past_the_age(
+    start_registry, repo: str, http: aiohttp.ClientSession
+) -> None:
+    server = start_registry()
+    sessions = []
+    for size in (1000, 3000):
+        location = await start_upload(http, server.url, repo)
+        async with http.patch(location, data=b"x" * size, headers={
+            "Content-Type": "application/octet-stream", "Content-Range": f"0-{size - 1}",
+        }) as resp:
+            assert resp.status == 202, await resp.text()
+        sessions.append(location.split("?")[0].rstrip("/").rsplit("/", 1)[-1])
+    await start_upload(http, server.url, repo)  # begun, no byte yet
+
+    uploads = (await asyncio.to_thread(status_json, server.data_dir))["storage"]["uploads"]
+    assert uploads == {
+        "sessions": 3, "bytes": 4000, "abandoned": 0, "abandonedBytes": 0,
+        "abandonedAfterSeconds": 24 * 3600,
+    }
+
+    # The service is still running: its reaper looks again only within the hour.
+    age_upload(server.data_dir / "registry.db", sessions[0], timedelta(hours=25))
+    uploads = (await asyncio.to_thread(status_json, server.data_dir))["storage"]["uploads"]
+    assert (uploads["sessions"], uploads["bytes"]) == (3, 4000)
+    assert (uploads["abandoned"], uploads["abandonedBytes"]) == (1, 1000)
+    table = await asyncio.to_thread(status_of, server.data_dir)
+    assert "3 session(s) (3.9 KiB), 1 idle for over 24 h (1000 B)" in table
 
 
 async def test_upload_abandoned_for_a_day_is_cleaned(

@@ -1,9 +1,10 @@
 """What the sync tests share: Debian's `docker-registry` (CNCF distribution) as a plain
-upstream with htpasswd Basic auth, the `sync` command in a child process, and pushing with Basic
-credentials."""
+upstream with htpasswd Basic auth, the `sync` command in a child process, pushing with Basic
+credentials, and a parent that accepts connections and never answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -121,3 +123,31 @@ async def get(session: aiohttp.ClientSession, url: str, accept: str = "*/*") -> 
     async with session.get(url, headers={"Accept": accept}) as response:
         assert response.status == 200, (url, response.status, await response.text())
         return await response.read(), dict(response.headers)
+
+
+@dataclass
+class SilentParent:
+    """A parent that accepts connections and never answers: a hung process, or a black hole
+    behind a site's proxy. Counts the connections it was asked on."""
+
+    port: int
+    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+
+    @property
+    def connections(self) -> int:
+        return len(self._writers)
+
+    async def start(self) -> SilentParent:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", self.port)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for writer in self._writers:
+            writer.close()
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)  # and never a byte back

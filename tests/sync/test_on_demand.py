@@ -35,7 +35,7 @@ from oci import (
     push_blob,
     push_image,
 )
-from sync_helpers import free_port
+from sync_helpers import SilentParent, free_port
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.oci.digests import Digest
@@ -504,6 +504,50 @@ async def test_an_unreachable_parent_gets_404_at_once_and_is_not_asked_again_for
         status, body, _ = await fetch(http, device.url("demo/app/manifests/v1"))
         assert (status, body) == (200, here.manifest)
     assert hop.seen == []
+
+
+async def test_a_parent_that_accepts_and_never_answers_gets_404_within_seconds(
+    root: Root,
+    hop: ParentHop,
+    tmp_path: Path,
+    start_registry: Callable,
+) -> None:
+    device = await served_device(root, hop, tmp_path, start_registry, ["demo/*"])
+    await hop.stop()
+    silent = await SilentParent(hop.port).start()
+    try:
+        async with aiohttp.ClientSession(headers=device.client) as http:
+            # Well under the 30 s a body may stall: the wait for the first byte is bounded.
+            status, body, _ = await asyncio.wait_for(
+                fetch(http, device.url("demo/app/manifests/v1")), 15
+            )
+            assert (status, error_code(body)) == (404, "MANIFEST_UNKNOWN")
+            assert silent.connections == 1
+            # The breaker is open: the next miss is answered without asking.
+            status, body, _ = await fetch(http, device.url(f"demo/app/blobs/{digest_of(b'x')}"))
+            assert (status, error_code(body)) == (404, "BLOB_UNKNOWN")
+            assert silent.connections == 1
+    finally:
+        await silent.stop()
+
+
+async def test_a_slow_but_moving_blob_is_not_cut_by_the_first_byte_bound(
+    root: Root,
+    hop: ParentHop,
+    pusher: Pusher,
+    tmp_path: Path,
+    start_registry: Callable,
+) -> None:
+    device = await served_device(root, hop, tmp_path, start_registry, ["demo/*"])
+    large = bytes(range(256)) * (16 * 1024)  # 4 MiB: 16 chunks through the hop
+    digest = await pusher.blob("demo/app", large)
+    hop.pace = 0.3  # about 5 s for the body, longer than the wait for its first byte
+
+    async with aiohttp.ClientSession(headers=device.client) as http:
+        status, body, _ = await fetch(http, device.url(f"demo/app/blobs/{digest}"))
+
+    assert (status, body) == (200, large)
+    assert hop.downloads(f"/v2/demo/app/blobs/{digest}") == 1
 
 
 async def test_content_the_parent_corrupts_is_refused_and_nothing_is_stored(

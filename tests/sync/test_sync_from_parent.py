@@ -14,7 +14,7 @@ import pytest
 from control.test_activation import Root, activate, make_root, node_state
 from control.test_activation import run as run_cli
 from oci import OCI_MANIFEST, digest_of, make_image, push_image
-from sync_helpers import get, run_sync, sync_json
+from sync_helpers import SilentParent, get, run_sync, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.storage.store import Store
@@ -127,3 +127,26 @@ async def test_a_device_created_with_a_semver_range_syncs_only_the_versions_in_i
     assert cloud(root, "update", "edge01", "--tag-semver", ">=1.2")["tagSemver"] == ">=1.2"
     await asyncio.to_thread(sync_json, "--data-dir", str(device))
     assert device_tags(device, "demo/app") == ["1.2.0", "2.0.0", "v1.4.2"]
+
+
+async def test_a_parent_that_accepts_and_never_answers_is_unreachable_within_seconds(
+    root: Root, tmp_path: Path
+) -> None:
+    password = root.create("edge01", ["demo/app"], mode="ReadOnly")
+    device = tmp_path / "device"
+    activated = await asyncio.to_thread(activate, device, root.connection("edge01", password))
+    assert activated.returncode == 0, activated.stderr
+    root.server.stop()
+    silent = await SilentParent(root.server.port).start()
+    try:
+        # Generous, but under the 15 s a settings request used to be given.
+        result = await asyncio.to_thread(run_sync, "--data-dir", str(device), timeout=13)
+    finally:
+        await silent.stop()
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: PARENT_UNREACHABLE: cannot reach {root.server.host}: no answer within 5 s"
+    )
+    assert silent.connections == 1
+    assert node_state(device)["connection_state"] == "Offline"
