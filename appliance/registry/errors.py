@@ -57,13 +57,16 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     return response
 
 
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Not PATCH: a chunk's bytes are not fsynced (the upload file's length is its progress, and a
+# client asks for it after a crash), so an fsync of the session's row would promise nothing.
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
 
 @web.middleware
 async def durable_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
     """No write is acknowledged before it is on disk: after any handler that may have written
-    (registry, token, gateway, management), wait for the store's group commit."""
+    (registry, token, gateway, management), wait for the store's group commit (at once when
+    nothing was committed since the last fsync)."""
     response = await handler(request)
     if request.method in WRITE_METHODS:
         await store_of(request).flush()

@@ -6,26 +6,34 @@ acknowledged to a client, `WalSync.sync()` fsyncs the WAL file in a worker threa
 commit while one fsync runs share the next one. The WAL's checksummed frames make a torn tail
 harmless after a power cut (recovery stops at the last whole commit), so atomicity is SQLite's
 and durability is this fsync's — the guarantee of `synchronous=FULL`, paid once per batch instead
-of once per commit.
+of once per commit. A sync with no commit since the last finished fsync returns at once (a blob
+PUT flushes in the store and again in the middleware; the second has nothing left to do).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
 class WalSync:
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, changes: Callable[[], int]) -> None:
+        """`changes` counts the rows our connection has changed (its `total_changes`)."""
         self.wal = database.with_name(database.name + "-wal")
+        self._changes = changes
+        self._durable_changes = changes()
         self._fd: int | None = None
         self._requested = 0
         self._completed = 0
         self._task: asyncio.Task[None] | None = None
 
     async def sync(self) -> None:
-        """Return once an fsync that started after this call has finished."""
+        """Return once every commit made before this call is on disk: at once when a finished
+        fsync covered them all, else after an fsync that started after this call."""
+        if self._changes() == self._durable_changes:
+            return
         self._requested += 1
         target = self._requested
         while self._completed < target:
@@ -34,8 +42,10 @@ class WalSync:
             await asyncio.shield(self._task)
 
     async def _fsync(self, covers: int) -> None:
+        changes = self._changes()  # read before the fsync starts: what it is sure to cover
         await asyncio.get_running_loop().run_in_executor(None, self._fsync_now)
         self._completed = max(self._completed, covers)
+        self._durable_changes = changes
 
     def _fsync_now(self) -> None:
         if self._fd is None:

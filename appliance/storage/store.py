@@ -89,7 +89,11 @@ class Store:
         self.layout.create()
         self.db = connect(self.layout.database, group_commit)
         self.conn = self.db.conn
-        self._wal_sync = WalSync(self.layout.database) if group_commit else None
+        self._wal_sync = (
+            WalSync(self.layout.database, lambda: self.conn.total_changes)
+            if group_commit
+            else None
+        )
         self.uploads = Uploads(self.layout, self.db)
         self._state: dict[str, str] | None = None
         self._state_version = -1

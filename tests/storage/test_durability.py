@@ -12,9 +12,15 @@ from appliance.storage.store import Store
 
 
 class CountingWalSync(WalSync):
+    """Counts fsyncs; `commit()` stands for a commit of the store's connection."""
+
     def __init__(self, database: Path) -> None:
-        super().__init__(database)
+        self.commits = 0
+        super().__init__(database, lambda: self.commits)
         self.fsync_starts: list[float] = []
+
+    def commit(self) -> None:
+        self.commits += 1
 
     def _fsync_now(self) -> None:
         self.fsync_starts.append(time.monotonic())
@@ -29,6 +35,7 @@ async def test_concurrent_writers_share_fsyncs_and_each_waits_for_one_that_began
 
     async def writer(delay: float) -> float:
         await asyncio.sleep(delay)
+        wal.commit()
         called.append(time.monotonic())
         start = called[-1]
         await wal.sync()
@@ -41,9 +48,34 @@ async def test_concurrent_writers_share_fsyncs_and_each_waits_for_one_that_began
 
 
 async def test_syncing_before_anything_was_written_is_harmless(tmp_path: Path) -> None:
-    wal = WalSync(tmp_path / "registry.db")
+    wal = WalSync(tmp_path / "registry.db", lambda: 1)
     await wal.sync()
     wal.close()
+
+
+async def test_a_sync_with_nothing_committed_since_the_last_fsync_waits_for_none(
+    tmp_path: Path,
+) -> None:
+    wal = CountingWalSync(tmp_path / "registry.db")
+    await wal.sync()
+    assert wal.fsync_starts == []  # nothing committed yet
+    wal.commit()
+    await wal.sync()
+    await wal.sync()  # as the middleware does after the store's own flush
+    assert len(wal.fsync_starts) == 1
+    wal.commit()
+    await wal.sync()
+    assert len(wal.fsync_starts) == 2
+
+
+async def test_a_commit_made_while_an_fsync_runs_gets_an_fsync_of_its_own(tmp_path: Path) -> None:
+    wal = CountingWalSync(tmp_path / "registry.db")
+    wal.commit()
+    first = asyncio.ensure_future(wal.sync())
+    await asyncio.sleep(0.005)  # the first fsync has begun
+    wal.commit()
+    await asyncio.gather(first, wal.sync())
+    assert len(wal.fsync_starts) == 2
 
 
 def test_the_server_connection_commits_without_waiting_for_the_disk(tmp_path: Path) -> None:
