@@ -33,18 +33,21 @@ from appliance.system.role import node_role
 @click.option(
     "--listen",
     envvar="CONNECTED_REGISTRY_LISTEN",
+    show_envvar=True,
     help="HOST:PORT to listen on.  [default: 127.0.0.1:5050, or the config's listen]",
 )
 @click.option(
     "--tls-cert",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_TLS_CERT",
+    show_envvar=True,
     help="Server certificate (PEM, chain after it).",
 )
 @click.option(
     "--tls-key",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_TLS_KEY",
+    show_envvar=True,
     help="Server certificate's private key (PEM).",
 )
 @click.option(

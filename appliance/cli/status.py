@@ -98,7 +98,8 @@ def _last_run(node: NodeState) -> dict[str, Any] | None:
 
 def _table(status: dict[str, Any]) -> str:
     role = status["role"]
-    fields = [("Role", role)]
+    # People read "root" (the README, the hints); the JSON keeps the role's name, "cloud".
+    fields = [("Role", "root" if role == CLOUD else role)]
     if role == CONNECTED:
         parent = status["parent"]
         fields += [
@@ -109,7 +110,7 @@ def _table(status: dict[str, Any]) -> str:
             ("Connection", _connection(status)),
         ]
     elif role == CLOUD:
-        fields.append(("Mode", "ReadWrite (root)"))
+        fields.append(("Mode", "ReadWrite"))
     if status["loginServer"]:
         fields.append(("Login server", status["loginServer"]))
     storage = status["storage"]
