@@ -59,8 +59,10 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
         },
         "repositories": conn.execute("SELECT count(*) FROM repositories").fetchone()[0],
         "tags": conn.execute("SELECT count(*) FROM tags").fetchone()[0],
-        # `running` is filled in from the service, when one answers.
+        # `running` and `warnings` (what the service runs without: auth, TLS) are filled in
+        # from the service, when one answers.
         "sync": {"running": None, "lastRun": _last_run(node)},
+        "warnings": [],
     }
     if role == CONNECTED:
         status["parent"] = {
@@ -124,6 +126,7 @@ def _table(status: dict[str, Any]) -> str:
     sync = _sync(status["sync"])
     if sync:
         fields.append(("Sync", sync))
+    fields += [("Warning", warning) for warning in status["warnings"]]
     text = format_fields(fields)
     if role == CLOUD:
         rows = [
@@ -189,4 +192,5 @@ def status(config_path: Path | None, data_dir: Path | None, output: str) -> None
     live = asyncio.run(live_status(layout.control_socket))
     if live is not None:
         document["sync"]["running"] = live.get("running")
+        document["warnings"] = live.get("warnings") or []
     emit(output, document, lambda: _table(document))

@@ -35,7 +35,7 @@ from appliance.auth.certificates import client_trust
 from appliance.auth.certificates import fingerprint as certificate_fingerprint
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
-from appliance.sync.client import environment_proxy
+from appliance.sync.client import PLAIN_HTTP, answered_without_tls, environment_proxy, tls_reason
 
 TIMEOUT = aiohttp.ClientTimeout(total=15, connect=10)
 PARENT_UNREACHABLE = "PARENT_UNREACHABLE"
@@ -102,10 +102,17 @@ def _reason(err: BaseException) -> str:
 
 
 def _untrusted(endpoint: str, err: BaseException) -> GatewayError:
+    if answered_without_tls(err):
+        return GatewayError(
+            PLAIN_HTTP,
+            f"the parent at {endpoint} answers in plain HTTP, not HTTPS: serve it with TLS, or "
+            "(a loopback parent, for development) use a connection string with "
+            "ParentEndpointProtocol=http",
+        )
     return GatewayError(
         UNTRUSTED_PARENT,
-        f"the certificate of the parent at {endpoint} is not trusted ({err}); give --ca-file, "
-        "or a connection string with ParentCertificateFingerprint",
+        f"the certificate of the parent at {endpoint} is not trusted ({tls_reason(err)}); "
+        "give --ca-file, or a connection string with ParentCertificateFingerprint",
     )
 
 
