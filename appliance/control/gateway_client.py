@@ -143,6 +143,8 @@ async def pinned_anchor(host: str, port: int, base_url: str, expected: str) -> b
             writer.close()
         candidates.append(x509.load_der_x509_certificate(der))
     except (aiohttp.ClientError, OSError, TimeoutError) as err:
+        if answered_without_tls(err):
+            raise _untrusted(endpoint, err) from None
         raise ParentUnreachable(endpoint, _reason(err)) from None
     for certificate in candidates:
         if certificate_fingerprint(certificate) == expected:
