@@ -324,6 +324,7 @@ def root_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--username",
             "-u",
+            metavar="NAME",
             default=ADMIN,
             show_default=True,
             envvar="CONNECTED_REGISTRY_USERNAME",
@@ -332,6 +333,7 @@ def root_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--password",
+            metavar="PASSWORD",
             envvar="CONNECTED_REGISTRY_PASSWORD",
             show_envvar=True,
             help="With --registry: the admin token's password (prefer the environment "

@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 @node_options
 @click.option(
     "--listen",
+    metavar="HOST:PORT",
     envvar="CONNECTED_REGISTRY_LISTEN",
     show_envvar=True,
-    help="HOST:PORT to listen on.  [default: 127.0.0.1:5050, or the config's listen]",
+    help="Where to listen.  [default: 127.0.0.1:5050, or the config's listen]",
 )
 @click.option(
     "--tls-cert",

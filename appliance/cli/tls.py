@@ -63,7 +63,7 @@ def _parse_hosts(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     f"use it.  [default: the config's listen if it sets one, else {ROLE_LISTEN}]",
 )
 @output_option
-@click.option("--yes", is_flag=True, help="Do not ask before replacing an existing CA.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before replacing an existing CA.")
 def generate(
     config_path: Path | None,
     data_dir: Path | None,
