@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import click
 
@@ -264,11 +264,11 @@ def _say_on_stderr(ctx: click.Context, output: str) -> TextIO:
     return result_out
 
 
-def _print_result(output: str, out: TextIO, document: dict, text: str) -> None:
+def _print_result(output: str, out: TextIO, document: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(document, indent=2) if output.lower() == "json" else text, file=out)
 
 
-def _document(result: Activation, started: bool, serve: list[str] | None) -> dict:
+def _document(result: Activation, started: bool, serve: list[str] | None) -> dict[str, Any]:
     certificates = result.certificates
     return {
         "name": result.name,
@@ -292,7 +292,7 @@ def _document(result: Activation, started: bool, serve: list[str] | None) -> dic
 
 
 def _report(result: Activation) -> list[str]:
-    """The lines that say what activation did (warnings go to stderr now)."""
+    """The lines that say what activation did; its warnings go to stderr at once."""
     lines = [
         f"Activated {result.name} ({result.mode}) with the parent at {result.parent}.",
         f"  instance:      {result.instance_id}",
