@@ -9,6 +9,7 @@ Role, mode, parent and everything a parent sends are state in the database, neve
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import tomllib
 from collections.abc import Callable
@@ -50,12 +51,14 @@ class Listen:
 
 
 def parse_listen(text: str) -> Listen:
-    """`host:port` or `[ipv6]:port`."""
+    """`host:port` or `[ipv6]:port`; the ValueError's message follows the setting's name."""
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen address must be HOST:PORT, got {text!r}")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"must be HOST:PORT, got {text!r}")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} is out of range (1-65535) in {text!r}")
     return Listen(host, int(port))
 
 
@@ -197,11 +200,17 @@ UPSTREAM: dict[str, Check] = {
 UPSTREAM_REQUIRED = ("url", "repositories")
 
 
-def _checked(table: dict[str, Any], checks: dict[str, Check], where: str) -> dict[str, Any]:
+def _checked(
+    table: dict[str, Any], checks: dict[str, Check], where: str, also: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The table's values, checked; `also` are the other names a key here could have meant
+    (the sections, at the top level)."""
     out: dict[str, Any] = {}
     for key, value in table.items():
         if key not in checks:
-            raise ConfigError(f"unknown key {where}{key!r}")
+            close = difflib.get_close_matches(key, [*checks, *also], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {where}{key!r}{hint}")
         try:
             out[key] = checks[key](value)
         except ValueError as err:
@@ -216,7 +225,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"not valid TOML: {err}") from None
     top = {k: v for k, v in doc.items() if k not in SECTIONS and k != "upstream"}
-    values = _checked(top, TOP_LEVEL, "")
+    values = _checked(top, TOP_LEVEL, "", also=(*SECTIONS, "upstream"))
     sections: dict[str, dict[str, Any]] = {}
     for name, checks in SECTIONS.items():
         table = doc.get(name, {})
@@ -315,7 +324,7 @@ def resolve(
         try:
             changes["listen"] = parse_listen(listen)
         except ValueError as err:
-            raise ConfigError(str(err)) from None
+            raise ConfigError(f"--listen {err}") from None
         explicit.add("listen")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")

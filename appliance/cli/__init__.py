@@ -70,7 +70,11 @@ def cli() -> None:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="connected-registry", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        # A bare `connected-registry` (or `connected-registry cloud`) asks what there is.
+        click.echo(err.ctx.get_help())
+        sys.exit(0)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except click.Abort:

@@ -15,26 +15,37 @@ else the command prints how to start `connected-registry serve`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import pwd
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
 from appliance.cli.options import load, node_options
+from appliance.cli.output import output_option
+from appliance.config import Config
 from appliance.control.activation import (
     Activation,
     ActivationError,
     default_login_server,
+    login_server_host,
     login_server_port,
     parse_login_server,
 )
 from appliance.control.activation import activate as activate_node
 from appliance.control.activation import deactivate as deactivate_node
-from appliance.control.connection_string import ConnectionString, ConnectionStringError, parse
+from appliance.control.connection_string import (
+    ConnectionString,
+    ConnectionStringError,
+    is_loopback,
+    parse,
+)
 from appliance.control.gateway_client import GatewayError
 from appliance.control.node import CLOUD, CONNECTED
 from appliance.storage.layout import Layout, existing_state
@@ -108,6 +119,7 @@ def _parent_line(connection: ConnectionString, ca_file: Path | None) -> str:
 @click.option(
     "--connection-string",
     envvar="CONNECTED_REGISTRY_CONNECTION_STRING",
+    show_envvar=True,
     metavar="STRING",
     help="The connection string `get-settings --generate-password` printed on the parent.",
 )
@@ -120,6 +132,7 @@ def _parent_line(connection: ConnectionString, ca_file: Path | None) -> str:
 @click.option(
     "--login-server",
     envvar="CONNECTED_REGISTRY_LOGIN_SERVER",
+    show_envvar=True,
     metavar="HOST:PORT",
     help="Where clients reach this registry.  [default: this host's name:443]",
 )
@@ -127,12 +140,14 @@ def _parent_line(connection: ConnectionString, ca_file: Path | None) -> str:
     "--ca-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_PARENT_CA_FILE",
+    show_envvar=True,
     help="Trust the parent's certificate chain through this CA (PEM), not the system's CAs.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Trust the parent and take defaults; ask nothing.")
 @click.option(
     "--no-start", is_flag=True, help="Only write the state: do not start the systemd services."
 )
+@output_option
 @click.pass_context
 def activate(
     ctx: click.Context,
@@ -144,12 +159,14 @@ def activate(
     ca_file: Path | None,
     yes: bool,
     no_start: bool,
+    output: str,
 ) -> None:
     """Claim a connected registry on its parent and become it (the first-boot wizard).
 
     Nothing is written before the parent accepts. Running it again on an active node changes
-    nothing.
+    nothing. With --output json what it says on the way goes to stderr and the result to stdout.
     """
+    result_out = _say_on_stderr(ctx, output)
     config = load(config_path, data_dir)
     data = config.data_dir.resolve()
     state = existing_state(Layout(data))
@@ -165,9 +182,12 @@ def activate(
                 "CONNECTED_REGISTRY_CONNECTION_STRING"
             )
         if state.get("role") == CONNECTED:
-            click.echo(
+            _print_result(
+                output,
+                result_out,
+                {"name": state.get("name"), "alreadyActive": True},
                 f"This node is already activated as {state.get('name')} (parent "
-                f"{state.get('parent_endpoint')}). Nothing changed."
+                f"{state.get('parent_endpoint')}). Nothing changed.",
             )
             return
         connection = _ask_connection_string()
@@ -225,26 +245,76 @@ def activate(
     if not asked:
         click.echo(shown)
     if result.already_active:
-        click.echo(
+        _print_result(
+            output,
+            result_out,
+            _document(result, started=False, serve=None),
             f"{result.name} is already activated on this node (instance {result.instance_id}); "
-            "nothing changed."
+            "nothing changed.",
         )
         return
-    _report(result)
-    if not no_start and SERVICE_UNIT.exists() and os.geteuid() == 0:
-        _start_services(data)
+    started = not no_start and SERVICE_UNIT.exists() and os.geteuid() == 0
+    serve = None if started else _serve_command(result, config_path, config)
+    if output.lower() == "json":
+        if started:
+            _start_services(data)
+        _print_result(output, result_out, _document(result, started, serve), "")
+        return
+    # Said before starting the services: if that fails, what was activated is still shown.
+    click.echo("\n".join(_report(result)))
+    if started:
+        click.echo(_start_services(data))
     else:
-        _how_to_serve(result, config.tls_cert, config.tls_key)
+        click.echo(f"Start the registry with:\n  {shlex.join(serve or [])}")
 
 
-def _report(result: Activation) -> None:
-    click.echo(f"Activated {result.name} ({result.mode}) with the parent at {result.parent}.")
-    click.echo(f"  instance:      {result.instance_id}")
-    click.echo(f"  login server:  {result.login_server}")
-    click.echo(f"  data:          {result.data_dir}")
+def _say_on_stderr(ctx: click.Context, output: str) -> TextIO:
+    """Where the result goes: stdout. With --output json, everything else said until the
+    command ends (prompts, progress) goes to stderr, so stdout holds one JSON document."""
+    result_out = sys.stdout
+    if output.lower() == "json":
+        ctx.with_resource(contextlib.redirect_stdout(sys.stderr))
+    return result_out
+
+
+def _print_result(output: str, out: TextIO, document: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(document, indent=2) if output.lower() == "json" else text, file=out)
+
+
+def _document(result: Activation, started: bool, serve: list[str] | None) -> dict[str, Any]:
+    certificates = result.certificates
+    return {
+        "name": result.name,
+        "mode": result.mode,
+        "instanceId": result.instance_id,
+        "loginServer": result.login_server,
+        "parent": result.parent,
+        "dataDir": str(result.data_dir),
+        "alreadyActive": result.already_active,
+        "certificate": None
+        if certificates is None
+        else {
+            "hosts": [str(h) for h in certificates.hosts],
+            "caCert": str(certificates.ca_cert),
+            "caFingerprint": certificates.ca_fingerprint,
+        },
+        "skippedClientTokens": list(result.skipped_tokens),
+        "servicesStarted": started,
+        "serve": serve,
+    }
+
+
+def _report(result: Activation) -> list[str]:
+    """The lines that say what activation did; its warnings go to stderr at once."""
+    lines = [
+        f"Activated {result.name} ({result.mode}) with the parent at {result.parent}.",
+        f"  instance:      {result.instance_id}",
+        f"  login server:  {result.login_server}",
+        f"  data:          {result.data_dir}",
+    ]
     if result.certificates is not None:
         hosts = ", ".join(str(h) for h in result.certificates.hosts)
-        click.echo(
+        lines.append(
             f"  TLS:           made a certificate for {hosts} (clients trust "
             f"{result.certificates.ca_cert}, fingerprint {result.certificates.ca_fingerprint})"
         )
@@ -254,9 +324,10 @@ def _report(result: Activation) -> None:
             "or scope map has that name",
             err=True,
         )
+    return lines
 
 
-def _start_services(data: Path) -> None:
+def _start_services(data: Path) -> str:
     """Give the state to the service user, then enable and start the service and its timer."""
     try:
         user = pwd.getpwnam(SERVICE_USER)
@@ -276,39 +347,47 @@ def _start_services(data: Path) -> None:
         raise click.ClickException(
             f"activated, but systemctl could not start the service: {reason}"
         )
-    click.echo(f"Started {' and '.join(UNITS)}.")
+    return f"Started {' and '.join(UNITS)}."
 
 
-def _how_to_serve(result: Activation, tls_cert: Path | None, tls_key: Path | None) -> None:
+def _serve_command(result: Activation, config_path: Path | None, config: Config) -> list[str]:
+    """The `serve` that answers on the login server: on its loopback address when it is one
+    (clients on this machine only), else on every address."""
     layout = Layout(result.data_dir)
-    listen = f"0.0.0.0:{login_server_port(result.login_server)}"
-    command = [
-        "connected-registry",
-        "serve",
+    host = login_server_host(result.login_server)
+    if not is_loopback(host):
+        host = "0.0.0.0"
+    listen = f"[{host}]" if ":" in host else host
+    command = ["connected-registry", "serve"]
+    if config_path is not None:
+        command += ["--config", str(config_path.resolve())]
+    return [
+        *command,
         "--data-dir",
         str(result.data_dir),
         "--listen",
-        listen,
+        f"{listen}:{login_server_port(result.login_server)}",
         "--tls-cert",
-        str(tls_cert or layout.tls_server_cert),
+        str(config.tls_cert or layout.tls_server_cert),
         "--tls-key",
-        str(tls_key or layout.tls_server_key),
+        str(config.tls_key or layout.tls_server_key),
         "--auth",
     ]
-    click.echo("Start the registry with:")
-    click.echo(f"  {shlex.join(command)}")
 
 
 @click.command()
 @node_options
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deactivating this node.")
 @click.option(
     "--force",
     is_flag=True,
     help="Deactivate this node even if the parent cannot be reached or refuses (the parent "
     "then still shows it Active: run `cloud deactivate` there).",
 )
-def deactivate(config_path: Path | None, data_dir: Path | None, yes: bool, force: bool) -> None:
+@output_option
+def deactivate(
+    config_path: Path | None, data_dir: Path | None, yes: bool, force: bool, output: str
+) -> None:
     """Release this node's claim on its parent; its content and tokens stay.
 
     Another instance (or this one, again) can then activate the connected registry.
@@ -331,9 +410,16 @@ def deactivate(config_path: Path | None, data_dir: Path | None, yes: bool, force
     except (ActivationError, GatewayError) as err:
         raise click.ClickException(str(err)) from None
     if result.parent_told:
-        click.echo(f"Deactivated {result.name}; the parent at {result.parent} released it.")
+        text = f"Deactivated {result.name}; the parent at {result.parent} released it."
     else:
-        click.echo(
+        text = (
             f"Deactivated {result.name} on this node only: {result.parent_error}. Run "
-            f"`connected-registry cloud deactivate {result.name}` on the root.",
+            f"`connected-registry cloud deactivate {result.name}` on the root."
         )
+    document = {
+        "name": result.name,
+        "parent": result.parent,
+        "parentTold": result.parent_told,
+        "parentError": result.parent_error,
+    }
+    _print_result(output, sys.stdout, document, text)

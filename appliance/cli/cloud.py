@@ -16,6 +16,7 @@ may run it on every boot), unless it is asked for a different login server: that
 from __future__ import annotations
 
 import functools
+import shlex
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from appliance.cli.output import (
     emit,
     format_fields,
     format_table,
+    no_question_option,
     output_option,
     yes_option,
 )
@@ -134,17 +136,17 @@ def _default_login_server(config: Config, store: Store) -> str:
     "--login-server",
     metavar="HOST:PORT",
     envvar="CONNECTED_REGISTRY_LOGIN_SERVER",
+    show_envvar=True,
     help="Where devices reach this root; goes into their connection strings.  "
     "[default: the root's listen address (0.0.0.0:443 unless configured), with this host's "
     "name for 0.0.0.0]",
 )
 @output_option
-@yes_option
+@no_question_option
 @node_options
 def init(
     login_server: str | None,
     output: str,
-    yes: bool,
     config_path: Path | None,
     data_dir: Path | None,
 ) -> None:
@@ -173,6 +175,7 @@ def init(
         )
     login_server = login_server or _default_login_server(config, store)
     passwords = _make_root(store, config, login_server)
+    root = _root_args(config_path, data_dir, None, ADMIN, None)
     emit(
         output,
         {
@@ -184,7 +187,7 @@ def init(
                 "passwords": [{"name": k, "value": v} for k, v in sorted(passwords.items())],
             },
         },
-        lambda: _init_text(login_server, passwords),
+        lambda: _init_text(login_server, passwords, root),
     )
 
 
@@ -225,15 +228,17 @@ def _already_root(state: NodeState, login_server: str | None, output: str) -> No
     )
 
 
-def _init_text(login_server: str, passwords: dict[str, str]) -> str:
+def _init_text(login_server: str, passwords: dict[str, str], root: list[str]) -> str:
     rows = format_table(["password", "value"], sorted(passwords.items()))
+    node = f" {shlex.join(root)}" if root else ""
+    host = login_server.rpartition(":")[0].strip("[]")
     return (
         f"This node is now a root; devices reach it at {login_server}.\n\n"
         f"Admin token {ADMIN!r}:\n{rows}\n\n"
         "These passwords are shown only once: store them now.\n"
-        "Next: serve it with TLS and auth (`connected-registry tls generate`, then "
-        "`connected-registry serve --auth --tls-cert … --tls-key …`), and "
-        "`connected-registry cloud create NAME --repository REPO…` for each device."
+        f"Next: `connected-registry tls generate{node} --host {host}` (it prints the `serve` "
+        f"command, TLS and auth on), and `connected-registry cloud create NAME{node} "
+        "--repository REPO…` for each device."
     )
 
 
@@ -301,6 +306,9 @@ def root_options(f: Callable[..., Any]) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> Any:
         manage = _management(config_path, data_dir, registry, username, password, ca_file)
+        click.get_current_context().meta[ROOT_ARGS] = _root_args(
+            config_path, data_dir, registry, username, ca_file
+        )
         return f(*args, manage=manage, **kwargs)
 
     options = [
@@ -309,20 +317,25 @@ def root_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "-r",
             metavar="URL",
             envvar="CONNECTED_REGISTRY_URL",
+            show_envvar=True,
             help="Manage the root at URL (https://HOST:PORT) through its management API, "
             "instead of this node's data directory.",
         ),
         click.option(
             "--username",
             "-u",
+            metavar="NAME",
             default=ADMIN,
             show_default=True,
             envvar="CONNECTED_REGISTRY_USERNAME",
+            show_envvar=True,
             help="With --registry: the admin token's name.",
         ),
         click.option(
             "--password",
+            metavar="PASSWORD",
             envvar="CONNECTED_REGISTRY_PASSWORD",
+            show_envvar=True,
             help="With --registry: the admin token's password (prefer the environment "
             "variable: a flag shows in `ps`).",
         ),
@@ -330,6 +343,7 @@ def root_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--ca-file",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             envvar="CONNECTED_REGISTRY_CA_FILE",
+            show_envvar=True,
             help="With --registry: the CA that signed the root's certificate (e.g. its "
             "tls/ca.crt), when the system does not trust it.",
         ),
@@ -338,6 +352,27 @@ def root_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+ROOT_ARGS = "connected-registry.root-args"
+
+
+def _root_args(
+    config_path: Path | None,
+    data_dir: Path | None,
+    registry: str | None,
+    username: str,
+    ca_file: Path | None,
+) -> list[str]:
+    """The options that reach the same root again, for the commands a hint prints (never the
+    password: CONNECTED_REGISTRY_PASSWORD keeps it out of the shell history)."""
+    if registry is not None:
+        args = ["--registry", registry]
+        if username != ADMIN:
+            args += ["--username", username]
+        return args + (["--ca-file", str(ca_file.resolve())] if ca_file else [])
+    args = ["--config", str(config_path.resolve())] if config_path else []
+    return args + (["--data-dir", str(data_dir.resolve())] if data_dir else [])
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -500,7 +535,7 @@ def tag_filter_options(removable: bool) -> Callable[[Callable[..., Any]], Callab
 )
 @tag_filter_options(removable=False)
 @output_option
-@yes_option
+@no_question_option
 @root_options
 def create(
     manage: Management,
@@ -517,7 +552,6 @@ def create(
     tag_exclude: str | None,
     tag_semver: str | None,
     output: str,
-    yes: bool,
 ) -> None:
     """Create connected registry NAME (5-50 letters and digits), with its sync token and scope
     map NAME; every ancestor's sync token gains its permissions.
@@ -544,14 +578,10 @@ def create(
             "tagSemver": tag_semver,
         }
     )
-    emit(
-        output,
-        created,
-        lambda: (
-            f"{describe(created)}\n\nNext: connected-registry cloud get-settings {name} "
-            "--parent-protocol https --generate-password 1"
-        ),
-    )
+    root = click.get_current_context().meta[ROOT_ARGS]
+    hint = ["connected-registry", "cloud", "get-settings", name, *root]
+    hint += ["--parent-protocol", "https", "--generate-password", "1"]
+    emit(output, created, lambda: f"{describe(created)}\n\nNext: {shlex.join(hint)}")
 
 
 @cloud.command()
@@ -569,7 +599,7 @@ def create(
 @many("--remove-client-tokens", metavar="TOKEN [TOKEN…]", help="Tokens to stop accepting.")
 @tag_filter_options(removable=True)
 @output_option
-@yes_option
+@no_question_option
 @root_options
 def update(
     manage: Management,
@@ -584,7 +614,6 @@ def update(
     tag_exclude: str | None,
     tag_semver: str | None,
     output: str,
-    yes: bool,
 ) -> None:
     """Change connected registry NAME's schedule, window, TTL, log level, client tokens or tag
     filters; its instance picks them up at its next sync. Mode and parent never change."""
@@ -612,9 +641,9 @@ def update(
 @cloud.command()
 @click.argument("name")
 @output_option
-@yes_option
+@no_question_option
 @root_options
-def show(manage: Management, name: str, output: str, yes: bool) -> None:
+def show(manage: Management, name: str, output: str) -> None:
     """Show connected registry NAME: its settings and what its instance last reported."""
     found = manage.show(name)
     emit(output, found, lambda: describe(found))
@@ -626,10 +655,10 @@ def show(manage: Management, name: str, output: str, yes: bool) -> None:
     "--no-children", is_flag=True, help="Only the immediate children (of the root, or of -p)."
 )
 @output_option
-@yes_option
+@no_question_option
 @root_options
 def list_(
-    manage: Management, parent: str | None, no_children: bool, output: str, yes: bool
+    manage: Management, parent: str | None, no_children: bool, output: str
 ) -> None:
     """List the connected registries: all, or those below --parent."""
     found = manage.list(parent, no_children)
@@ -644,7 +673,7 @@ def list_(
     help="Also delete its sync token and scope map, and its gateway actions on its ancestors.",
 )
 @output_option
-@yes_option
+@yes_option("deleting the connected registry")
 @root_options
 def delete(manage: Management, name: str, cleanup: bool, output: str, yes: bool) -> None:
     """Delete connected registry NAME (refused while it has children). Remove it from the
@@ -671,7 +700,7 @@ def _deleted_text(name: str, commands: list[str]) -> str:
 @cloud.command()
 @click.argument("name")
 @output_option
-@yes_option
+@yes_option("releasing the connected registry from its instance")
 @root_options
 def deactivate(manage: Management, name: str, output: str, yes: bool) -> None:
     """Release connected registry NAME from the instance that activated it, so that another
@@ -703,7 +732,7 @@ def deactivate(manage: Management, name: str, output: str, yes: bool) -> None:
     "connection string; a device using the old one must be given the new string.",
 )
 @output_option
-@yes_option
+@yes_option("generating a new password (--generate-password)")
 @root_options
 def get_settings(
     manage: Management,
@@ -739,9 +768,9 @@ def _settings_text(settings: Json) -> str:
 @cloud.command("list-client-tokens")
 @click.argument("name")
 @output_option
-@yes_option
+@no_question_option
 @root_options
-def list_client_tokens(manage: Management, name: str, output: str, yes: bool) -> None:
+def list_client_tokens(manage: Management, name: str, output: str) -> None:
     """List the client tokens connected registry NAME accepts."""
     tokens = manage.client_tokens(name)
     emit(
@@ -762,9 +791,9 @@ def permissions() -> None:
 @permissions.command("show")
 @click.argument("name")
 @output_option
-@yes_option
+@no_question_option
 @root_options
-def permissions_show(manage: Management, name: str, output: str, yes: bool) -> None:
+def permissions_show(manage: Management, name: str, output: str) -> None:
     """Show the sync scope map of connected registry NAME."""
     scope = manage.permissions(name)
     emit(output, scope, lambda: _describe_scope_map(scope))
@@ -783,7 +812,7 @@ def permissions_show(manage: Management, name: str, output: str, yes: bool) -> N
     help="Stop syncing these; descendants lose them too.",
 )
 @output_option
-@yes_option
+@no_question_option
 @root_options
 def permissions_update(
     manage: Management,
@@ -791,7 +820,6 @@ def permissions_update(
     add: tuple[str, ...],
     remove: tuple[str, ...],
     output: str,
-    yes: bool,
 ) -> None:
     """Add or remove repositories of connected registry NAME."""
     if not add and not remove:
@@ -803,9 +831,9 @@ def permissions_update(
 @cloud.command()
 @click.argument("name")
 @output_option
-@yes_option
+@no_question_option
 @root_options
-def resync(manage: Management, name: str, output: str, yes: bool) -> None:
+def resync(manage: Management, name: str, output: str) -> None:
     """Ask connected registry NAME's instance to reconcile every repository at its next sync
     (and drop repositories no longer in scope)."""
     found = manage.resync(name)

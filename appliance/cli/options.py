@@ -22,12 +22,14 @@ config_option = click.option(
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_CONFIG",
+    show_envvar=True,
     help="Config file (TOML).  [default: /etc/connected-registry/config.toml if it exists]",
 )
 data_dir_option = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_DATA_DIR",
+    show_envvar=True,
     help="State directory.  [default: the config's data_dir, else ./connected-registry-data]",
 )
 

@@ -1,5 +1,5 @@
-"""What the `token` and `scope-map` commands share: `--output json|table`, `--yes` and its
-confirmation, ACR's `--repository REPO ACTION [ACTION…]` option, and one-line failures.
+"""What the `token`, `scope-map` and `cloud` commands share: `--output json|table`, `--yes` and
+its confirmation, ACR's `--repository REPO ACTION [ACTION…]` option, and one-line failures.
 """
 
 from __future__ import annotations
@@ -23,11 +23,19 @@ output_option = click.option(
     default="table",
     show_default=True,
     envvar="CONNECTED_REGISTRY_OUTPUT",
+    show_envvar=True,
     help="How to print the result: a table for people, JSON for scripts.",
 )
-yes_option = click.option(
-    "--yes", "-y", is_flag=True, help="Do not ask for confirmation before deleting."
-)
+
+
+def yes_option(before: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--yes` on a verb that asks first: `before` says what it asks about."""
+    return click.option("--yes", "-y", is_flag=True, help=f"Do not ask before {before}.")
+
+
+# A verb that asks nothing still takes `--yes` (az-style scripts pass it to every verb), but
+# neither shows it nor gets it.
+no_question_option = click.option("--yes", "-y", is_flag=True, hidden=True, expose_value=False)
 
 
 def emit(output: str, data: Any, table: Callable[[], str]) -> None:

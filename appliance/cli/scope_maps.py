@@ -17,6 +17,7 @@ from appliance.cli.output import (
     emit,
     format_fields,
     format_table,
+    no_question_option,
     output_option,
     yes_option,
 )
@@ -69,14 +70,13 @@ def _pairs(permissions: Permissions) -> list[tuple[str, list[str]]]:
 )
 @click.option("--description", default="", help="Free text shown with the scope map.")
 @output_option
-@yes_option
+@no_question_option
 @node_options
 def create(
     name: str,
     repositories: Permissions,
     description: str,
     output: str,
-    yes: bool,
     config_path: Path | None,
     data_dir: Path | None,
 ) -> None:
@@ -111,7 +111,7 @@ def create(
 )
 @click.option("--description", default=None, help="Replace the description.")
 @output_option
-@yes_option
+@no_question_option
 @node_options
 def update(
     name: str,
@@ -119,7 +119,6 @@ def update(
     remove: Permissions,
     description: str | None,
     output: str,
-    yes: bool,
     config_path: Path | None,
     data_dir: Path | None,
 ) -> None:
@@ -141,10 +140,10 @@ def update(
 @scope_map.command()
 @click.argument("name")
 @output_option
-@yes_option
+@no_question_option
 @node_options
 def show(
-    name: str, output: str, yes: bool, config_path: Path | None, data_dir: Path | None
+    name: str, output: str, config_path: Path | None, data_dir: Path | None
 ) -> None:
     """Show scope map NAME and its permissions."""
     found = open_credentials(load(config_path, data_dir)).scope_map(name)
@@ -153,9 +152,9 @@ def show(
 
 @scope_map.command("list")
 @output_option
-@yes_option
+@no_question_option
 @node_options
-def list_(output: str, yes: bool, config_path: Path | None, data_dir: Path | None) -> None:
+def list_(output: str, config_path: Path | None, data_dir: Path | None) -> None:
     """List the scope maps of this registry."""
     scopes = open_credentials(load(config_path, data_dir)).scope_maps()
     emit(
@@ -178,11 +177,14 @@ def list_(output: str, yes: bool, config_path: Path | None, data_dir: Path | Non
 
 @scope_map.command()
 @click.argument("name")
-@yes_option
+@output_option
+@yes_option("deleting the scope map")
 @node_options
-def delete(name: str, yes: bool, config_path: Path | None, data_dir: Path | None) -> None:
+def delete(
+    name: str, output: str, yes: bool, config_path: Path | None, data_dir: Path | None
+) -> None:
     """Delete scope map NAME (refused while a token uses it)."""
     credentials = open_credentials(load(config_path, data_dir))
     confirm(f"Delete scope map {name!r}?", yes)
     credentials.delete_scope_map(name)
-    click.echo(f"Deleted scope map {name!r}.")
+    emit(output, {"name": name, "deleted": True}, lambda: f"Deleted scope map {name!r}.")

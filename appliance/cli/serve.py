@@ -19,7 +19,7 @@ from appliance import __version__
 from appliance.cli.options import load, node_options
 from appliance.config import Config, with_role_defaults
 from appliance.control import local
-from appliance.control.node import CONNECTED
+from appliance.control.node import CLOUD, CONNECTED
 from appliance.registry.app import make_app
 from appliance.registry.context import STORE
 from appliance.storage.layout import Layout
@@ -27,24 +27,30 @@ from appliance.storage.schema import SchemaTooNew
 from appliance.system import logs, notify
 from appliance.system.role import node_role
 
+log = logging.getLogger(__name__)
+
 
 @click.command()
 @node_options
 @click.option(
     "--listen",
+    metavar="HOST:PORT",
     envvar="CONNECTED_REGISTRY_LISTEN",
-    help="HOST:PORT to listen on.  [default: 127.0.0.1:5050, or the config's listen]",
+    show_envvar=True,
+    help="Where to listen.  [default: 127.0.0.1:5050, or the config's listen]",
 )
 @click.option(
     "--tls-cert",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_TLS_CERT",
+    show_envvar=True,
     help="Server certificate (PEM, chain after it).",
 )
 @click.option(
     "--tls-key",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="CONNECTED_REGISTRY_TLS_KEY",
+    show_envvar=True,
     help="Server certificate's private key (PEM).",
 )
 @click.option(
@@ -108,8 +114,32 @@ def serve(
                 "or --insecure-http for a loopback test setup"
             )
     logs.configure(config.log_level)
+    warnings = role_warnings(role, config)
+    for warning in warnings:
+        log.warning("%s", warning)
     # A node that syncs takes its runs over control.sock (`connected-registry sync` asks it).
-    asyncio.run(_serve(config, syncs=role == CONNECTED or bool(config.upstreams)))
+    syncs = role == CONNECTED or bool(config.upstreams)
+    asyncio.run(_serve(config, syncs=syncs, warnings=warnings))
+
+
+def role_warnings(role: str | None, config: Config) -> list[str]:
+    """What this serve runs without that a root or a device is served with (TLS and auth): an
+    operator's --no-auth or --insecure-http, said in the log and in `status`."""
+    if role not in (CLOUD, CONNECTED):
+        return []
+    node = "a root" if role == CLOUD else "an activated connected registry"
+    warnings = []
+    if not config.auth_enabled:
+        warnings.append(
+            f"auth is off on {node} (--no-auth, or [auth] enabled = false): clients need no "
+            "token"
+        )
+    if config.tls_cert is None:
+        warnings.append(
+            f"plain HTTP on {node} (--insecure-http): passwords and content travel in clear; "
+            "for tests and development only"
+        )
+    return warnings
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
@@ -123,7 +153,7 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def _serve(config: Config, syncs: bool) -> None:
+async def _serve(config: Config, syncs: bool, warnings: list[str]) -> None:
     tls = _tls_context(config)
     data_dir = config.data_dir.resolve()
     app = make_app(replace(config, data_dir=data_dir))
@@ -152,7 +182,9 @@ async def _serve(config: Config, syncs: bool) -> None:
         click.echo(f"data: {data_dir}")
         # Up before READY=1, so the timer's first `sync` finds it; closed (a run under way
         # stopped) before the store is.
-        control = local.serving(app[STORE], config) if syncs else contextlib.nullcontext()
+        control = (
+            local.serving(app[STORE], config, warnings) if syncs else contextlib.nullcontext()
+        )
         try:
             async with control, notify.running(f"serving {url}"):
                 await stop.wait()

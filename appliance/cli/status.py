@@ -69,8 +69,10 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
         },
         "repositories": conn.execute("SELECT count(*) FROM repositories").fetchone()[0],
         "tags": conn.execute("SELECT count(*) FROM tags").fetchone()[0],
-        # `running` is filled in from the service, when one answers.
+        # `running` and `warnings` (what the service runs without: auth, TLS) are filled in
+        # from the service, when one answers.
         "sync": {"running": None, "lastRun": _last_run(node)},
+        "warnings": [],
     }
     if role == CONNECTED:
         status["parent"] = {
@@ -108,7 +110,8 @@ def _last_run(node: NodeState) -> dict[str, Any] | None:
 
 def _table(status: dict[str, Any]) -> str:
     role = status["role"]
-    fields = [("Role", role)]
+    # People read "root" (the README, the hints); the JSON keeps the role's name, "cloud".
+    fields = [("Role", "root" if role == CLOUD else role)]
     if role == CONNECTED:
         parent = status["parent"]
         fields += [
@@ -119,7 +122,7 @@ def _table(status: dict[str, Any]) -> str:
             ("Connection", _connection(status)),
         ]
     elif role == CLOUD:
-        fields.append(("Mode", "ReadWrite (root)"))
+        fields.append(("Mode", "ReadWrite"))
     if status["loginServer"]:
         fields.append(("Login server", status["loginServer"]))
     storage = status["storage"]
@@ -134,6 +137,7 @@ def _table(status: dict[str, Any]) -> str:
     sync = _sync(status["sync"])
     if sync:
         fields.append(("Sync", sync))
+    fields += [("Warning", warning) for warning in status["warnings"]]
     text = format_fields(fields)
     if role == CLOUD:
         rows = [
@@ -210,4 +214,5 @@ def status(config_path: Path | None, data_dir: Path | None, output: str) -> None
     live = asyncio.run(live_status(layout.control_socket))
     if live is not None:
         document["sync"]["running"] = live.get("running")
+        document["warnings"] = live.get("warnings") or []
     emit(output, document, lambda: _table(document))

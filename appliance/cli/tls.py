@@ -18,6 +18,7 @@ from appliance.auth.certificates import (
 )
 from appliance.cli.options import load, node_options
 from appliance.cli.output import emit, format_fields, output_option
+from appliance.config import ROLE_LISTEN, Listen, parse_listen
 from appliance.storage.layout import Layout
 
 _HTTPS_PORT = 443
@@ -55,26 +56,34 @@ def _parse_hosts(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     is_flag=True,
     help="Make a new CA even if there is one (every client must then trust the new ca.crt).",
 )
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Where `serve` will listen: the serve command and the client instructions printed "
+    f"use it.  [default: the config's listen if it sets one, else {ROLE_LISTEN}]",
+)
 @output_option
-@click.option("--yes", is_flag=True, help="Do not ask before replacing an existing CA.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before replacing an existing CA.")
 def generate(
     config_path: Path | None,
     data_dir: Path | None,
     hosts: list[Host],
     new_ca: bool,
+    listen: str | None,
     output: str,
     yes: bool,
 ) -> None:
-    """Issue a server certificate for every --host, signed by this node's CA.
+    """Issue a server certificate for every --host, signed by this node's CA, and print the
+    `serve` command that uses it (with this data directory, the --listen address and auth on).
 
     The CA is made on first use and kept, so issuing again for other hosts leaves clients'
-    trust intact. The port in the client instructions is the config's listen port.
+    trust intact.
     """
     if not hosts:
         raise click.UsageError(
             "give at least one --host NAME|IP: each DNS name and IP address clients dial"
         )
-    config = load(config_path, data_dir)
+    config = load(config_path, data_dir, listen=listen)
     layout = Layout(config.data_dir.resolve())
     if new_ca and layout.tls_ca_cert.exists() and not yes:
         if not sys.stdin.isatty():
@@ -93,8 +102,32 @@ def generate(
         raise click.ClickException(str(err)) from None
     except OSError as err:
         raise click.ClickException(f"cannot write the certificates: {err}") from None
-    report = _report(issued, config.listen.port)
+    served = config.listen if "listen" in config.explicit else parse_listen(ROLE_LISTEN)
+    serve = _serve_command(config_path, layout, served, issued)
+    report = {**_report(issued, served.port), "serve": serve}
     emit(output, report, lambda: _table(issued, report))
+
+
+def _serve_command(
+    config_path: Path | None, layout: Layout, listen: Listen, issued: IssuedCertificates
+) -> list[str]:
+    """What serves this data directory with the new certificate, auth on, pasted as is."""
+    command = ["connected-registry", "serve"]
+    if config_path is not None:
+        command += ["--config", str(config_path.resolve())]
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    return [
+        *command,
+        "--data-dir",
+        str(layout.root),
+        "--listen",
+        f"{host}:{listen.port}",
+        "--tls-cert",
+        str(issued.server_cert),
+        "--tls-key",
+        str(issued.server_key),
+        "--auth",
+    ]
 
 
 def registry_host(host: Host, port: int) -> str:
@@ -145,7 +178,7 @@ def _table(issued: IssuedCertificates, report: dict) -> str:
         ),
         "",
         "Serve with:",
-        f"  connected-registry serve {shlex.join(report['serveFlags'])}",
+        f"  {shlex.join(report['serve'])}",
         "",
         f"Clients trust the CA: copy {issued.ca_cert.name} to each client.",
         "  docker:      " + "\n               ".join(clients["docker"]),

@@ -32,6 +32,7 @@ from appliance.cli.output import (
     emit,
     format_fields,
     format_table,
+    no_question_option,
     output_option,
     yes_option,
 )
@@ -158,7 +159,7 @@ def _default_scope_map(
     help="Make no passwords now (`token credential generate` makes them later).",
 )
 @output_option
-@yes_option
+@no_question_option
 @node_options
 def create(
     name: str,
@@ -169,7 +170,6 @@ def create(
     expiration_in_days: int | None,
     no_passwords: bool,
     output: str,
-    yes: bool,
     config_path: Path | None,
     data_dir: Path | None,
 ) -> None:
@@ -221,14 +221,13 @@ def _created_text(created: Token, passwords: dict[str, str], expiry: str | None)
 @click.option("--scope-map", "scope_map", metavar="MAP", help="Use this scope map instead.")
 @click.option("--status", type=click.Choice(STATUSES), help="Enable or disable the token.")
 @output_option
-@yes_option
+@no_question_option
 @node_options
 def update(
     name: str,
     scope_map: str | None,
     status: str | None,
     output: str,
-    yes: bool,
     config_path: Path | None,
     data_dir: Path | None,
 ) -> None:
@@ -244,10 +243,10 @@ def update(
 @token.command()
 @click.argument("name")
 @output_option
-@yes_option
+@no_question_option
 @node_options
 def show(
-    name: str, output: str, yes: bool, config_path: Path | None, data_dir: Path | None
+    name: str, output: str, config_path: Path | None, data_dir: Path | None
 ) -> None:
     """Show token NAME (never its passwords: they are only stored hashed)."""
     found = open_credentials(load(config_path, data_dir)).token(name)
@@ -256,9 +255,9 @@ def show(
 
 @token.command("list")
 @output_option
-@yes_option
+@no_question_option
 @node_options
-def list_(output: str, yes: bool, config_path: Path | None, data_dir: Path | None) -> None:
+def list_(output: str, config_path: Path | None, data_dir: Path | None) -> None:
     """List the tokens of this registry."""
     tokens = open_credentials(load(config_path, data_dir)).tokens()
     emit(
@@ -283,14 +282,17 @@ def list_(output: str, yes: bool, config_path: Path | None, data_dir: Path | Non
 
 @token.command()
 @click.argument("name")
-@yes_option
+@output_option
+@yes_option("deleting the token")
 @node_options
-def delete(name: str, yes: bool, config_path: Path | None, data_dir: Path | None) -> None:
+def delete(
+    name: str, output: str, yes: bool, config_path: Path | None, data_dir: Path | None
+) -> None:
     """Delete token NAME; clients using it are refused at once. Its scope map is kept."""
     credentials = open_credentials(load(config_path, data_dir))
     confirm(f"Delete token {name!r}? Clients using it will be refused at once.", yes)
     credentials.delete_token(name)
-    click.echo(f"Deleted token {name!r}.")
+    emit(output, {"name": name, "deleted": True}, lambda: f"Deleted token {name!r}.")
 
 
 @token.group(cls=CredentialGroup)
@@ -314,7 +316,7 @@ def _slot(password1: bool, password2: bool) -> str:
 @password_options
 @expiry_options
 @output_option
-@yes_option
+@no_question_option
 @node_options
 def generate(
     name: str,
@@ -323,7 +325,6 @@ def generate(
     expiration: str | None,
     expiration_in_days: int | None,
     output: str,
-    yes: bool,
     config_path: Path | None,
     data_dir: Path | None,
 ) -> None:
@@ -346,13 +347,14 @@ def generate(
 @credential.command("delete")
 @click.argument("name")
 @password_options
-@yes_option
+@output_option
+@no_question_option
 @node_options
 def delete_credential(
     name: str,
     password1: bool,
     password2: bool,
-    yes: bool,
+    output: str,
     config_path: Path | None,
     data_dir: Path | None,
 ) -> None:
@@ -363,4 +365,8 @@ def delete_credential(
     if slot not in {p.name for p in found.passwords}:
         raise CredentialError(f"token {name!r} has no {slot}")
     credentials.delete_password(name, slot)
-    click.echo(f"Deleted {slot} of token {name!r}.")
+    emit(
+        output,
+        {"name": name, "password": slot, "deleted": True},
+        lambda: f"Deleted {slot} of token {name!r}.",
+    )

@@ -35,7 +35,7 @@ from appliance.auth.certificates import client_trust
 from appliance.auth.certificates import fingerprint as certificate_fingerprint
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
-from appliance.sync.client import environment_proxy
+from appliance.sync.client import PLAIN_HTTP, answered_without_tls, environment_proxy, tls_reason
 
 # Every gateway answer is a small JSON document: a parent that takes 5 s to accept, or 5 s to
 # send a byte once asked, is taken as unreachable (a sync run against a black hole then ends in
@@ -109,10 +109,17 @@ def _reason(err: BaseException) -> str:
 
 
 def _untrusted(endpoint: str, err: BaseException) -> GatewayError:
+    if answered_without_tls(err):
+        return GatewayError(
+            PLAIN_HTTP,
+            f"the parent at {endpoint} answers in plain HTTP, not HTTPS: serve it with TLS, or "
+            "(a loopback parent, for development) use a connection string with "
+            "ParentEndpointProtocol=http",
+        )
     return GatewayError(
         UNTRUSTED_PARENT,
-        f"the certificate of the parent at {endpoint} is not trusted ({err}); give --ca-file, "
-        "or a connection string with ParentCertificateFingerprint",
+        f"the certificate of the parent at {endpoint} is not trusted ({tls_reason(err)}); "
+        "give --ca-file, or a connection string with ParentCertificateFingerprint",
     )
 
 
@@ -143,6 +150,8 @@ async def pinned_anchor(host: str, port: int, base_url: str, expected: str) -> b
             writer.close()
         candidates.append(x509.load_der_x509_certificate(der))
     except (aiohttp.ClientError, OSError, TimeoutError) as err:
+        if answered_without_tls(err):
+            raise _untrusted(endpoint, err) from None
         raise ParentUnreachable(endpoint, _reason(err)) from None
     for certificate in candidates:
         if certificate_fingerprint(certificate) == expected:

@@ -16,7 +16,9 @@ user, so that user and root can connect and nobody else can.
                     {"event": "refused", "code": "ALREADY_RUNNING", "message"}
                     {"event": "error", "code", "message"}   the run could not start (the
                         SyncError's code), or the service stopped during it (SERVICE_STOPPED)
-    GET /status   {"running": Progress.to_json() | null, "lastRun": the last run's summary}
+    GET /status   {"running": Progress.to_json() | null, "lastRun": the last run's summary,
+                   "warnings": [what this serve runs without that its role expects (no auth,
+                   plain HTTP)]}
 
 A request while a run of the same kind (dry or not) is under way joins it: it follows that run
 and gets its report, which is what an operator who types `sync` while the timer's run goes on
@@ -38,7 +40,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,9 +93,10 @@ class SyncService:
     """The sync runs of the running service: at most one at a time, under the same lock as an
     in-process run, followed by any number of requests."""
 
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, warnings: Sequence[str] = ()) -> None:
         self.store = store
         self.config = config
+        self.warnings = list(warnings)
         self._run: _Run | None = None
 
     @property
@@ -199,7 +202,11 @@ async def get_status(request: web.Request) -> web.Response:
     service = request.app[SYNC_SERVICE]
     running = service.running
     return web.json_response(
-        {"running": running.to_json() if running else None, "lastRun": service.last_run()}
+        {
+            "running": running.to_json() if running else None,
+            "lastRun": service.last_run(),
+            "warnings": service.warnings,
+        }
     )
 
 
@@ -319,10 +326,12 @@ def _answers(path: Path) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def serving(store: Store, config: Config) -> AsyncIterator[SyncService | None]:
+async def serving(
+    store: Store, config: Config, warnings: Sequence[str] = ()
+) -> AsyncIterator[SyncService | None]:
     """The control socket of `store`'s data directory, served for the block (None: its path
-    is too long for a UNIX socket, and `sync` then runs in its own process). On the way out a
-    run under way is stopped and the socket removed."""
+    is too long for a UNIX socket, and `sync` then runs in its own process); `GET /status`
+    repeats `warnings`. On the way out a run under way is stopped and the socket removed."""
     path = store.layout.control_socket
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         log.warning("no control socket: %s is too long a path for a UNIX socket", path)
@@ -330,7 +339,7 @@ async def serving(store: Store, config: Config) -> AsyncIterator[SyncService | N
         return
     sock = bind_control_socket(path)
     inode = os.stat(path).st_ino
-    service = SyncService(store, config)
+    service = SyncService(store, config, warnings)
     # No access log: the timer asks every minute, and the run logs its own outcome.
     runner = web.AppRunner(
         make_control_app(service), access_log=None, handle_signals=False, shutdown_timeout=2

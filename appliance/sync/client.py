@@ -55,6 +55,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=60)
 ACCEPT_MANIFESTS = ", ".join(sorted(MANIFEST_TYPES))
 UNTRUSTED_UPSTREAM = "UNTRUSTED_UPSTREAM"
+PLAIN_HTTP = "PLAIN_HTTP"
 UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
 
 
@@ -590,9 +591,29 @@ def _reason(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
+def answered_without_tls(err: BaseException) -> bool:
+    """Whether a TLS handshake failed because the other end does not speak TLS: a plain-HTTP
+    server's answer read as a TLS record."""
+    cause = err.os_error if isinstance(err, aiohttp.ClientConnectorError) else err
+    return isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER"
+
+
+def tls_reason(err: BaseException) -> str:
+    """The TLS failure itself, without aiohttp's wrapping (which prints the SSL context)."""
+    cause = err.os_error if isinstance(err, aiohttp.ClientConnectorError) else err
+    return str(cause) or type(cause).__name__
+
+
 def _untrusted(endpoint: str, err: BaseException) -> RegistryError:
+    if answered_without_tls(err):
+        return RegistryError(
+            PLAIN_HTTP,
+            f"{endpoint} answers in plain HTTP, not HTTPS: write its url with http:// (a "
+            "loopback registry), or serve it with TLS",
+        )
     return RegistryError(
-        UNTRUSTED_UPSTREAM, f"the certificate of {endpoint} is not trusted ({err}); give a CA file"
+        UNTRUSTED_UPSTREAM,
+        f"the certificate of {endpoint} is not trusted ({tls_reason(err)}); give a CA file",
     )
 
 

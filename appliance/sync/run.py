@@ -320,6 +320,11 @@ async def _sync_parent(
     client: RegistryClient | None = None
     async with gateway:
         settings = await _refresh_settings(store, node, gateway, cached, report, run, dry_run)
+        if settings is None:
+            # The parent no longer knows this registry: nothing else it would answer.
+            _record_contact(node, dry_run, reachable=True)
+            report.requests = gateway.requests
+            return report
         _apply_log_level(settings.get("logLevel"))
         if report.unreachable:
             _record_contact(node, dry_run, reachable=False)
@@ -431,9 +436,10 @@ async def _refresh_settings(
     report: SourceReport,
     run: SyncReport,
     dry_run: bool,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The settings this run works with: the parent's when they changed (stored, client tokens
-    applied), else the cache (304, or the parent unreachable or refusing)."""
+    applied), else the cache (304, or the parent unreachable or refusing); None when the parent
+    has no such connected registry (deleted there), an error in `report`."""
     try:
         fresh = await gateway.settings(node.get("settings_etag"))
     except ParentUnreachable as err:
@@ -441,6 +447,12 @@ async def _refresh_settings(
         report.errors.append(f"{PARENT_UNREACHABLE}: cannot reach {err.endpoint}: {err.reason}")
         return cached
     except GatewayError as err:
+        if err.code == "NAME_UNKNOWN":
+            report.errors.append(
+                f"NAME_UNKNOWN: the parent has no connected registry {gateway.registry_name!r} "
+                "(deleted there?); `connected-registry deactivate --force` releases this node"
+            )
+            return None
         report.errors.append(f"{err.code}: settings: {err.message}")
         return cached
     if fresh is None:
@@ -571,7 +583,9 @@ async def _report(gateway: GatewayClient, status: dict[str, Any], report: Source
         report.unreachable = True
         report.errors.append(f"{PARENT_UNREACHABLE}: cannot reach {err.endpoint}: {err.reason}")
     except GatewayError as err:
-        report.warnings.append(f"the parent refused the status report: {err.code}: {err.message}")
+        warning = f"the parent refused the status report: {err.code}: {err.message}"
+        if warning not in report.warnings:  # the run's Syncing and its end: one is enough
+            report.warnings.append(warning)
 
 
 def _status_details(errors: list[str], clock: Clock) -> list[dict[str, str]]:

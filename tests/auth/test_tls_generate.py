@@ -9,6 +9,7 @@ directory holding `ca.crt` — and fails without it.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import ipaddress
@@ -20,6 +21,8 @@ import ssl
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -154,12 +157,13 @@ def test_the_table_says_how_to_serve_and_how_clients_trust_the_ca(tmp_path: Path
         f"{secrets / 'tls-server.key'}",
         f"{tls / 'ca.crt'}",
         fingerprint,
-        f"connected-registry serve --tls-cert {tls / 'server.crt'} "
-        f"--tls-key {secrets / 'tls-server.key'}",
-        # The development listen port: no config, so 127.0.0.1:5050.
-        "/etc/docker/certs.d/edge01.local:5050/ca.crt",
+        # Pasted as printed, it serves this data directory with auth on, where clients dial.
+        f"connected-registry serve --data-dir {data.resolve()} --listen 0.0.0.0:443 "
+        f"--tls-cert {tls / 'server.crt'} --tls-key {secrets / 'tls-server.key'} --auth",
+        # The port served is 443 (no config sets a listen), so clients name no port.
+        "/etc/docker/certs.d/edge01.local/ca.crt",
         "--cert-dir DIR",
-        'ca = "/etc/containerd/certs.d/edge01.local:5050/ca.crt"',
+        'ca = "/etc/containerd/certs.d/edge01.local/ca.crt"',
     ):
         assert expected in text, f"{expected!r} not in:\n{text}"
 
@@ -326,3 +330,44 @@ def test_skopeo_pushes_and_pulls_over_https_trusting_only_the_generated_ca(
     )
     assert untrusting.returncode != 0
     assert "certificate signed by unknown authority" in untrusting.stderr, untrusting.stderr
+
+
+def test_the_printed_serve_command_pasted_as_is_serves_this_registry_over_https_with_auth(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = generate(data, "--host", "localhost", "--listen", f"127.0.0.1:{port}")
+    pusher = add_token(data, "pusher1", ["content/read", "content/write", "metadata/read"])
+    assert out["clients"]["docker"] == [f"/etc/docker/certs.d/localhost:{port}/ca.crt"]
+    assert out["serve"][:2] == ["connected-registry", "serve"]
+
+    # Run from another directory: the command must not lean on where it was printed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "appliance", *out["serve"][1:]],
+        cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        banner = server.stdout.readline()
+        assert f"serving https://127.0.0.1:{port}" in banner, banner + server.stdout.read()
+        context = ssl.create_default_context(cafile=out["caCert"])
+        url = f"https://localhost:{port}/v2/"
+        # Auth is on, and it is this data directory's token that logs in.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, context=context, timeout=10)
+        assert refused.value.code == 401
+        login = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(
+            f"pusher1:{pusher}".encode()).decode()})
+        with urllib.request.urlopen(login, context=context, timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert not (elsewhere / "connected-registry-data").exists()

@@ -483,6 +483,6 @@ async def test_the_socket_answers_status_and_refuses_a_bad_request(
         async with http.post("http://control.sock/sync", data=b"dry please") as response:
             refused, answer = response.status, await response.json()
 
-    assert idle == {"running": None, "lastRun": None}
+    assert idle == {"running": None, "lastRun": None, "warnings": []}
     assert refused == 400
     assert answer == {"error": 'the body must be {"dryRun": true|false}'}

@@ -379,6 +379,14 @@ async def test_the_middles_feed_is_scoped_and_authorized_per_grandchild(tree: Tr
 
 
 async def test_the_middle_serves_its_feed_while_the_root_is_down(tree: Tree) -> None:
+    # Before the outage shelf01 has synced from a feed with rows, so it holds a cursor on
+    # edge01's feed (a first sync, or one from an empty feed, is a full reconcile), and
+    # edge01's outbox is empty: this holds whichever tests ran before.
+    before = make_image("before-the-outage")
+    async with aiohttp.ClientSession(headers=tree.writer) as http:
+        await push_image(http, tree.edge.url, "demo/app", before, "pre-outage")
+    assert parent_of(tree.sync(tree.edge))["errors"] == []
+    assert parent_of(tree.sync(tree.shelf))["errors"] == []
     image = make_image("made-while-the-root-is-down")
     tree.root.server.stop()
     try:
