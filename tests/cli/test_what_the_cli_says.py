@@ -212,7 +212,7 @@ def test_activate_answers_in_json_and_its_serve_hint_listens_on_the_login_server
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert (document["name"], document["alreadyActive"]) == ("edge01", False)
-    assert "Activating edge01" in result.stderr
+    assert f"Parent: {root.server.url}" in result.stderr  # progress on stderr, JSON alone on stdout
     serve = document["serve"]
     # A loopback login server is served on that loopback address, not on every address.
     assert serve[serve.index("--listen") + 1] == f"127.0.0.1:{port}"
