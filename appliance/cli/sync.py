@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import click
 
-from appliance.cli.options import load, node_options, open_store
+from appliance.cli.options import existing_registry, load, node_options, open_store
 from appliance.cli.output import emit, format_fields, human_size, output_option
 from appliance.config import Config
 from appliance.control.local import ControlError, ServiceUnavailable, follow_sync
@@ -37,6 +37,7 @@ from appliance.storage.layout import Layout
 from appliance.sync.progress import Progress
 from appliance.sync.run import AlreadyRunning, SyncError, run_sync, sync_lock
 from appliance.system import logs
+from appliance.system.role import node_role, nothing_to_sync
 
 # Not on a terminal: a progress line this often (and one per repository), once a run is longer.
 PROGRESS_EVERY = 10.0
@@ -175,7 +176,7 @@ def _through_service(layout: Layout, dry_run: bool, display: ProgressDisplay) ->
 
 
 def _in_process(config: Config, dry_run: bool, display: ProgressDisplay) -> dict[str, Any]:
-    store = open_store(config)
+    store = open_store(config, create=bool(config.upstreams))
     try:
         with sync_lock(store.layout.sync_lock):
             progress = Progress(dry_run)
@@ -211,6 +212,13 @@ def sync(config_path: Path | None, data_dir: Path | None, dry_run: bool, output:
     # a script the report below says it all, and only a crash's traceback-level error shows.
     logs.configure(config.log_level, terminal_level="critical")
     layout = Layout(config.data_dir.resolve())
+    # A plain node's first sync from its [[upstream]]s makes its registry (no other command
+    # sets one up); anywhere else a sync needs a registry with something to sync from.
+    if not config.upstreams:
+        existing_registry(config)
+        refusal = nothing_to_sync(node_role(layout.root).role, layout.root, has_upstreams=False)
+        if refusal is not None:
+            raise click.ClickException(refusal)
     display = ProgressDisplay(sys.stderr)
     try:
         try:
