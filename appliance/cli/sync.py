@@ -176,6 +176,12 @@ def _through_service(layout: Layout, dry_run: bool, display: ProgressDisplay) ->
 
 
 def _in_process(config: Config, dry_run: bool, display: ProgressDisplay) -> dict[str, Any]:
+    # Asked only here: a service that answers has something to sync (it listens only then),
+    # perhaps from the [[upstream]]s of a config this command was not given.
+    data_dir = config.data_dir.resolve()
+    refusal = nothing_to_sync(node_role(data_dir).role, data_dir, bool(config.upstreams))
+    if refusal is not None:
+        raise click.ClickException(refusal)
     store = open_store(config, create=bool(config.upstreams))
     try:
         with sync_lock(store.layout.sync_lock):
@@ -213,12 +219,9 @@ def sync(config_path: Path | None, data_dir: Path | None, dry_run: bool, output:
     logs.configure(config.log_level, terminal_level="critical")
     layout = Layout(config.data_dir.resolve())
     # A plain node's first sync from its [[upstream]]s makes its registry (no other command
-    # sets one up); anywhere else a sync needs a registry with something to sync from.
+    # sets one up); anywhere else a sync needs a registry.
     if not config.upstreams:
         existing_registry(config)
-        refusal = nothing_to_sync(node_role(layout.root).role, layout.root, has_upstreams=False)
-        if refusal is not None:
-            raise click.ClickException(refusal)
     display = ProgressDisplay(sys.stderr)
     try:
         try:

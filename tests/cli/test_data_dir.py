@@ -8,6 +8,7 @@ the packaged timer's role check skips it. One `serve` per data directory.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -136,6 +137,23 @@ def test_sync_on_a_root_without_upstreams_says_there_is_nothing_to_sync_from(
         f"Error: nothing to sync from: {tmp_path / 'root'} is a root and its config has no "
         "[[upstream]]"
     )
+
+
+def test_sync_without_the_config_follows_a_service_that_syncs_from_its_upstreams(
+    tmp_path: Path, start_registry: StartRegistry
+) -> None:
+    """The service listens on control.sock only where there is something to sync: the command
+    asks it, whatever config the command itself was given."""
+    data = tmp_path / "node"
+    config = tmp_path / "upstream.toml"
+    config.write_text('[[upstream]]\nurl = "http://127.0.0.1:9"\nrepositories = ["a/b"]\n')
+    start_registry(data_dir=data, args=["--config", str(config)])
+
+    result = run_cli("sync", "--data-dir", str(data), "--output", "json", cwd=tmp_path)
+
+    assert json.loads(result.stdout)["via"] == "service"
+    assert result.returncode == 1  # the upstream is unreachable
+    assert "127.0.0.1:9" in result.stderr and "NOT_ACTIVATED" not in result.stderr
 
 
 def test_the_sync_timer_is_skipped_on_a_root_without_upstreams_and_the_service_starts(
