@@ -211,7 +211,8 @@ def sync(config_path: Path | None, data_dir: Path | None, dry_run: bool, output:
 
     Exits 0 when everything in scope is in sync (or another sync is already running, or it is
     outside the window, or the window closed during the run), 1 with the first error otherwise
-    (or when the service stopped during the run).
+    (or when the service stopped during the run, or the node has nothing to sync from: it is
+    not an activated connected registry and its config has no [[upstream]]).
     """
     config = load(config_path, data_dir)
     # Under the timer the journal gets the run's lines with their fields; on a terminal or in

@@ -409,7 +409,8 @@ class Hierarchy:
     def _refuse_leftovers(self, name: str) -> None:
         """A token or scope map named `name` (what `delete` without `cleanup` keeps) is refused
         with the commands that remove it, the ones that `delete` printed."""
-        found, commands = [], []
+        found: list[str] = []
+        commands: list[str] = []
         with contextlib.suppress(NotFound):
             self.credentials.token(name)
             found.append(f"token {name!r}")
