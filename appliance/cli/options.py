@@ -96,11 +96,15 @@ def existing_registry(config: Config) -> Layout:
     there is none there: a command that reads or acts on a registry never makes one (a mistyped
     --data-dir must not become a new, empty registry)."""
     layout = Layout(config.data_dir.resolve())
-    if not layout.database.exists():
+    try:
+        layout.database.stat()
+    except (FileNotFoundError, NotADirectoryError):
         raise click.ClickException(
             f"no registry in {layout.root}: run `connected-registry serve`, `activate` or "
             "`cloud init` first, or give --data-dir"
-        )
+        ) from None
+    except OSError:
+        pass  # there, but not for this user: what opening it says next is more precise
     return layout
 
 

@@ -131,10 +131,11 @@ class NotServing(click.ClickException):
 
 
 def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of `path` that does not exist yet (what serving there creates)."""
+    """The outermost folder of `path` that does not exist yet (what serving there creates).
+    One this user cannot see counts as missing: it cannot make it either, so removes nothing."""
     missing = None
     for folder in (path, *path.parents):
-        if folder.exists():
+        if os.path.exists(folder):
             break
         missing = folder
     return missing
