@@ -163,7 +163,7 @@ def init(
             raise click.BadParameter(
                 f"{login_server!r} is not HOST:PORT", param_hint="--login-server"
             ) from None
-    store = open_store(config)
+    store = open_store(config, create=True)
     state = NodeState(store)
     if state.role == CLOUD:
         _already_root(state, login_server, output)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from appliance.config import Config, ConfigError, resolve
+from appliance.storage.layout import Layout
 
 if TYPE_CHECKING:
     from appliance.auth.tokens import Credentials
@@ -92,15 +93,35 @@ def act_as_owner(data_dir: Path) -> None:
     os.execve(argv[0], argv, env)
 
 
-def open_store(config: Config) -> Store:
+def existing_registry(config: Config) -> Layout:
+    """The layout of the registry in the config's data directory, or one line and exit 1 when
+    there is none there: a command that reads or acts on a registry never makes one (a mistyped
+    --data-dir must not become a new, empty registry)."""
+    layout = Layout(config.data_dir.resolve())
+    try:
+        layout.database.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise click.ClickException(
+            f"no registry in {layout.root}: run `connected-registry serve`, `activate` or "
+            "`cloud init` first, or give --data-dir"
+        ) from None
+    except OSError:
+        pass  # there, but not for this user: what opening it says next is more precise
+    return layout
+
+
+def open_store(config: Config, create: bool = False) -> Store:
     """The node's store, for commands that work on the data directory directly (the running
     service may have it open too: SQLite in WAL mode takes both). Run by root, as the data
-    directory's owner (`act_as_owner`)."""
+    directory's owner (`act_as_owner`). Only with `create` (the commands that set a node up)
+    is a registry made where there is none; otherwise that is refused (`existing_registry`)."""
     # Imported here: every command loads this module, and `system check-role` (every minute,
     # from the sync unit) needs neither the store nor sqlite_utils.
     from appliance.storage.schema import SchemaTooNew
     from appliance.storage.store import Store
 
+    if not create:
+        existing_registry(config)
     act_as_owner(config.data_dir)
     try:
         return Store(config.data_dir)
@@ -112,11 +133,12 @@ def open_store(config: Config) -> Store:
         ) from None
 
 
-def open_credentials(config: Config) -> Credentials:
-    """Tokens and scope maps of the node, with the config's limits."""
+def open_credentials(config: Config, create: bool = False) -> Credentials:
+    """Tokens and scope maps of the node, with the config's limits (`create` as for
+    `open_store`)."""
     from appliance.auth.tokens import Credentials
 
-    store = open_store(config)
+    store = open_store(config, create)
     return Credentials(
         store.db,
         max_tokens=config.limits.tokens,

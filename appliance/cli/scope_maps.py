@@ -88,7 +88,7 @@ def create(
         --repository 'team/*' content/read metadata/read \\
         --repository base/alpine content/read
     """
-    credentials = open_credentials(load(config_path, data_dir))
+    credentials = open_credentials(load(config_path, data_dir), create=True)
     created = credentials.create_scope_map(
         name, parse_permissions(_pairs(repositories)), description
     )

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+import shutil
 import signal
 import sqlite3
 import ssl
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -113,13 +117,65 @@ def serve(
                 "auth over plain HTTP would send passwords in clear: give --tls-cert/--tls-key, "
                 "or --insecure-http for a loopback test setup"
             )
-    logs.configure(config.log_level)
-    warnings = role_warnings(role, config)
-    for warning in warnings:
-        log.warning("%s", warning)
-    # A node that syncs takes its runs over control.sock (`connected-registry sync` asks it).
-    syncs = role == CONNECTED or bool(config.upstreams)
-    asyncio.run(_serve(config, syncs=syncs, warnings=warnings))
+    data = config.data_dir.resolve()
+    made = _first_missing(data)
+    try:
+        with _only_server(Layout(data)):
+            logs.configure(config.log_level)
+            warnings = role_warnings(role, config)
+            for warning in warnings:
+                log.warning("%s", warning)
+            # A node that syncs takes its runs over control.sock (`connected-registry sync`
+            # asks it).
+            syncs = role == CONNECTED or bool(config.upstreams)
+            asyncio.run(_serve(config, syncs=syncs, warnings=warnings))
+    except NotServing:
+        # Nothing was served from it: a failed start leaves no new data directory behind.
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+class NotServing(click.ClickException):
+    """A failure before the listener was up (the data directory served nothing)."""
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what serving there creates).
+    One this user cannot see counts as missing: it cannot make it either, so removes nothing."""
+    missing = None
+    for folder in (path, *path.parents):
+        if os.path.exists(folder):
+            break
+        missing = folder
+    return missing
+
+
+@contextlib.contextmanager
+def _only_server(layout: Layout) -> Iterator[None]:
+    """Held while serving: one `serve` per data directory. Taken before anything is printed or
+    opened; the holder writes its PID into the lock file, for the refusal of the next one.
+    Closing the file (or the process ending) releases it."""
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.serve_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise click.ClickException(
+            f"cannot open the data directory {layout.root}: {err.strerror or err}"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise click.ClickException(
+                f"data directory {layout.root} is in use by process {holder}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def role_warnings(role: str | None, config: Config) -> list[str]:
@@ -149,7 +205,7 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except (OSError, ssl.SSLError) as err:
-        raise click.ClickException(f"cannot load TLS certificate or key: {err}") from None
+        raise NotServing(f"cannot load TLS certificate or key: {err}") from None
     return context
 
 
@@ -162,9 +218,9 @@ async def _serve(config: Config, syncs: bool, warnings: list[str]) -> None:
     try:
         await runner.setup()
     except SchemaTooNew as err:
-        raise click.ClickException(str(err)) from None
+        raise NotServing(str(err)) from None
     except (OSError, sqlite3.Error) as err:
-        raise click.ClickException(f"cannot open the data directory {data_dir}: {err}") from None
+        raise NotServing(f"cannot open the data directory {data_dir}: {err}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -174,7 +230,7 @@ async def _serve(config: Config, syncs: bool, warnings: list[str]) -> None:
         try:
             await site.start()
         except OSError as err:
-            raise click.ClickException(
+            raise NotServing(
                 f"cannot listen on {config.listen.url('tcp')}: {err.strerror or err}"
             ) from None
         url = config.listen.url("https" if tls else "http")

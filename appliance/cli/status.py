@@ -22,13 +22,12 @@ from typing import Any
 import click
 
 from appliance.auth.tokens import Credentials
-from appliance.cli.options import load, node_options, open_store
+from appliance.cli.options import existing_registry, load, node_options, open_store
 from appliance.cli.output import emit, format_fields, format_table, human_size, output_option
 from appliance.cli.sync import progress_line
 from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.control.local import live_status
 from appliance.control.node import CLOUD, CONNECTED, NodeState
-from appliance.storage.layout import Layout
 from appliance.storage.store import Store
 from appliance.storage.uploads import ABANDONED_AFTER
 from appliance.sync.run import LAST_RUN
@@ -200,12 +199,7 @@ def status(config_path: Path | None, data_dir: Path | None, output: str) -> None
     under way, which the running service tells over its local control socket.
     """
     config = load(config_path, data_dir)
-    layout = Layout(config.data_dir.resolve())
-    if not layout.database.exists():
-        raise click.ClickException(
-            f"no registry in {layout.root}: run `connected-registry serve`, `activate` or "
-            "`cloud init` first, or give --data-dir"
-        )
+    layout = existing_registry(config)
     store = open_store(config)
     try:
         document = node_status(store, config.offline_after)

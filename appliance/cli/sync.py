@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import click
 
-from appliance.cli.options import load, node_options, open_store
+from appliance.cli.options import existing_registry, load, node_options, open_store
 from appliance.cli.output import emit, format_fields, human_size, output_option
 from appliance.config import Config
 from appliance.control.local import ControlError, ServiceUnavailable, follow_sync
@@ -37,6 +37,7 @@ from appliance.storage.layout import Layout
 from appliance.sync.progress import Progress
 from appliance.sync.run import AlreadyRunning, SyncError, run_sync, sync_lock
 from appliance.system import logs
+from appliance.system.role import node_role, nothing_to_sync
 
 # Not on a terminal: a progress line this often (and one per repository), once a run is longer.
 PROGRESS_EVERY = 10.0
@@ -175,7 +176,13 @@ def _through_service(layout: Layout, dry_run: bool, display: ProgressDisplay) ->
 
 
 def _in_process(config: Config, dry_run: bool, display: ProgressDisplay) -> dict[str, Any]:
-    store = open_store(config)
+    # Asked only here: a service that answers has something to sync (it listens only then),
+    # perhaps from the [[upstream]]s of a config this command was not given.
+    data_dir = config.data_dir.resolve()
+    refusal = nothing_to_sync(node_role(data_dir).role, data_dir, bool(config.upstreams))
+    if refusal is not None:
+        raise click.ClickException(refusal)
+    store = open_store(config, create=bool(config.upstreams))
     try:
         with sync_lock(store.layout.sync_lock):
             progress = Progress(dry_run)
@@ -204,13 +211,18 @@ def sync(config_path: Path | None, data_dir: Path | None, dry_run: bool, output:
 
     Exits 0 when everything in scope is in sync (or another sync is already running, or it is
     outside the window, or the window closed during the run), 1 with the first error otherwise
-    (or when the service stopped during the run).
+    (or when the service stopped during the run, or the node has nothing to sync from: it is
+    not an activated connected registry and its config has no [[upstream]]).
     """
     config = load(config_path, data_dir)
     # Under the timer the journal gets the run's lines with their fields; on a terminal or in
     # a script the report below says it all, and only a crash's traceback-level error shows.
     logs.configure(config.log_level, terminal_level="critical")
     layout = Layout(config.data_dir.resolve())
+    # A plain node's first sync from its [[upstream]]s makes its registry (no other command
+    # sets one up); anywhere else a sync needs a registry.
+    if not config.upstreams:
+        existing_registry(config)
     display = ProgressDisplay(sys.stderr)
     try:
         try:

@@ -2,6 +2,8 @@
 
 check-role          exit 0 on a root or an activated node (the service and the sync timer
                     start), 1 with one line saying why not (shown by `systemctl status`)
+check-role --sync   as check-role, and 1 on a node with nothing to sync from (a root without
+                    [[upstream]]), for the sync timer: ExecCondition skips the run quietly
 check-role --unset  the opposite, for the first-boot unit
 first-boot          activate from /etc/connected-registry/connection-string, or run the
                     wizard on tty1
@@ -21,7 +23,7 @@ from appliance.system.firstboot import (
     activate_from_file,
     activate_on_console,
 )
-from appliance.system.role import node_role
+from appliance.system.role import node_role, nothing_to_sync
 
 
 @click.group(hidden=True)
@@ -36,10 +38,19 @@ def system() -> None:
     is_flag=True,
     help="Succeed only on a node that is neither activated nor a root (first boot).",
 )
-def check_role(config_path: Path | None, data_dir: Path | None, unset: bool) -> None:
+@click.option(
+    "--sync",
+    "for_sync",
+    is_flag=True,
+    help="Also fail on a node with nothing to sync from (a root without [[upstream]]).",
+)
+def check_role(
+    config_path: Path | None, data_dir: Path | None, unset: bool, for_sync: bool
+) -> None:
     """Exit 0 if this node is a root or an activated connected registry, else 1 and why."""
     config = load(config_path, data_dir)
-    found = node_role(config.data_dir.resolve())
+    data = config.data_dir.resolve()
+    found = node_role(data)
     if unset:
         if found.role is not None:
             click.echo(f"nothing to do: this node is {found.explanation}")
@@ -48,6 +59,10 @@ def check_role(config_path: Path | None, data_dir: Path | None, unset: bool) -> 
         return
     if found.role is None:
         click.echo(f"waiting: {found.explanation}")
+        sys.exit(1)
+    idle = nothing_to_sync(found.role, data, bool(config.upstreams)) if for_sync else None
+    if idle is not None:
+        click.echo(idle)
         sys.exit(1)
     click.echo(f"this node is {found.explanation}")
 

@@ -185,7 +185,7 @@ def create(
         raise click.UsageError("give either --scope-map MAP or --repository REPO ACTION…")
     expiry = resolve_expiry(expiration, expiration_in_days)
     validate_resource_name("token", name)
-    credentials = open_credentials(load(config_path, data_dir))
+    credentials = open_credentials(load(config_path, data_dir), create=True)
     made_scope_map = False
     if scope_map is None:
         scope_map, made_scope_map = _default_scope_map(credentials, name, repositories)

@@ -412,6 +412,7 @@ class Hierarchy:
     def _create_sync_token(self, name: str, mode: str, repositories: tuple[str, ...]) -> None:
         permissions = tuple(Permission(r, REPOSITORY_ACTIONS[mode]) for r in repositories)
         gateways = (GatewayPermission(name.lower(), frozenset(GATEWAY_ACTIONS)),)
+        self._refuse_leftovers(name)
         try:
             self.credentials.create_scope_map(
                 name,
@@ -422,6 +423,27 @@ class Hierarchy:
             self.credentials.create_token(name, name, with_passwords=False)
         except CredentialError as err:
             raise HierarchyError(f"cannot create the sync token {name!r}: {err}") from None
+
+    def _refuse_leftovers(self, name: str) -> None:
+        """A token or scope map named `name` (what `delete` without `cleanup` keeps) is refused
+        with the commands that remove it, the ones that `delete` printed."""
+        found: list[str] = []
+        commands: list[str] = []
+        with contextlib.suppress(NotFound):
+            self.credentials.token(name)
+            found.append(f"token {name!r}")
+            commands.append(f"`connected-registry token delete {name} --yes`")
+        with contextlib.suppress(NotFound):
+            self.credentials.scope_map(name)
+            found.append(f"scope map {name!r}")
+            commands.append(f"`connected-registry scope-map delete {name} --yes`")
+        if found:
+            raise HierarchyError(
+                f"cannot create the sync token {name!r}: {' and '.join(found)} already "
+                f"{'exist' if len(found) > 1 else 'exists'} (a connected registry deleted "
+                f"without --cleanup keeps them); remove {'them' if len(found) > 1 else 'it'} on "
+                f"the root with {' then '.join(commands)}, or choose another name"
+            )
 
     def _grant(self, scope_map: str, child: str, mode: str, repositories: tuple[str, ...]) -> None:
         self.credentials.update_scope_map(

@@ -6,6 +6,7 @@
       blobs/sha256/<ab>/<abcd…>    content-addressed blob files, named by their full hex digest
       uploads/<session id>         the bytes received so far for one upload session
       sync.lock                    flock held by the one running sync
+      serve.lock                   flock held by the one running `serve`; holds its PID
       control.sock                 0600: the running service's local control socket (`sync`,
                                    `status` on this machine; control/local.py)
       tls/                         public half of `tls generate`, 0644 each
@@ -42,6 +43,7 @@ class Layout:
         self.secrets = root / "secrets"
         self.token_signing_key = self.secrets / "token-signing-key.pem"
         self.sync_lock = root / "sync.lock"
+        self.serve_lock = root / "serve.lock"
         self.control_socket = root / "control.sock"
         self.tls = root / "tls"
         self.tls_ca_cert = self.tls / "ca.crt"

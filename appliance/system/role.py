@@ -44,3 +44,17 @@ def node_role(data_dir: Path) -> NodeRole:
         f"not activated: {data_dir} holds a registry that is neither activated nor a root; run "
         "`connected-registry activate` (or `connected-registry cloud init` on a root)",
     )
+
+
+def nothing_to_sync(role: str | None, data_dir: Path, has_upstreams: bool) -> str | None:
+    """None when a node has something to sync from: a parent (it is an activated connected
+    registry) or [[upstream]]s in its config; else one line saying why a sync has nothing to do
+    (a root, or a node not activated or deactivated, without upstreams)."""
+    if role == CONNECTED or has_upstreams:
+        return None
+    if role == CLOUD:
+        return f"nothing to sync from: {data_dir} is a root and its config has no [[upstream]]"
+    return (
+        f"NOT_ACTIVATED: {data_dir} is not an activated connected registry and its config has "
+        "no [[upstream]]: nothing to sync from"
+    )

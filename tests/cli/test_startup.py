@@ -144,10 +144,18 @@ def test_the_every_minute_role_check_loads_no_library(tmp_path: Path) -> None:
     assert not of(loaded, *HEAVY)
 
 
-def test_an_idle_sync_on_the_continuous_schedule_does_not_load_croniter(tmp_path: Path) -> None:
-    result, loaded = run_probed(tmp_path, "sync", "--data-dir", str(tmp_path / "node"))
+def test_an_idle_sync_on_the_continuous_schedule_does_not_load_croniter(
+    tmp_path: Path, registry: Any
+) -> None:
+    """A plain node whose one upstream has nothing in its scope: the run asks the catalog once."""
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "node"}"\n[[upstream]]\nurl = "{registry.url}"\n'
+        'repositories = ["idle-nothing/*"]\n'
+    )
+    result, loaded = run_probed(tmp_path, "sync", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert re.search(r"^Requests:\s+0$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^Requests:\s+1$", result.stdout, re.MULTILINE), result.stdout
     assert "croniter" not in loaded
     assert not loaded & (COMMAND_MODULES - {"appliance.cli.sync"})
 

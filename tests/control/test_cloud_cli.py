@@ -495,6 +495,26 @@ def test_delete_without_cleanup_keeps_the_sync_token_and_prints_the_commands(
     node.ok("scope-map", "delete", "edge01", "--yes")
 
 
+def test_recreating_a_name_deleted_without_cleanup_says_how_to_remove_what_is_left(
+    fresh_root: Node,
+) -> None:
+    node = fresh_root
+    node.ok("cloud", "create", "edge01", "--repository", "demo/*")
+    node.ok("cloud", "delete", "edge01", "--yes")
+    assert node.refused("cloud", "create", "edge01", "--repository", "demo/*") == (
+        "Error: INVALID: cannot create the sync token 'edge01': token 'edge01' and scope map "
+        "'edge01' already exist (a connected registry deleted without --cleanup keeps them); "
+        "remove them on the root with `connected-registry token delete edge01 --yes` then "
+        "`connected-registry scope-map delete edge01 --yes`, or choose another name"
+    )
+    node.ok("token", "delete", "edge01", "--yes")
+    assert "remove it on the root with `connected-registry scope-map delete edge01 --yes`," in (
+        node.refused("cloud", "create", "edge01", "--repository", "demo/*")
+    )
+    node.ok("scope-map", "delete", "edge01", "--yes")
+    assert node.json("cloud", "create", "edge01", "--repository", "demo/*")["name"] == "edge01"
+
+
 def test_delete_with_cleanup_removes_the_sync_token_and_the_ancestors_gateway_actions(
     fresh_root: Node,
 ) -> None:
