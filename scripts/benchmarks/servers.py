@@ -119,10 +119,15 @@ class Server:
         self.sampler: RssSampler | None = None
         self.errors: Counter[str] = Counter()
         self.error_samples: dict[str, str] = {}
+        self.cwd = CHECKOUT  # where `python -m appliance` finds the code it serves
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}"
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -135,7 +140,7 @@ class Server:
                 cmd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=CHECKOUT,
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
             )
@@ -240,14 +245,18 @@ class Ours(Server):
         )
 
 
-class Root(Ours):
+class OursWithAuth(Ours):
+    """Ours with client auth on, over loopback HTTP."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--auth", "--insecure-http"]
+
+
+class Root(OursWithAuth):
     """Our registry as a root (`cloud init`), served with auth over loopback HTTP."""
 
     admin = "cloudadmin"
     admin_password = ""
-
-    def command(self) -> list[str]:
-        return [*super().command(), "--auth", "--insecure-http"]
 
     def init(self) -> None:
         made = json.loads(
