@@ -14,6 +14,8 @@ import http.client
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 from oci import OCI_INDEX, OCI_MANIFEST, canonical, descriptor, digest_of
 
 from appliance.auth.tokens import Credentials, parse_permissions
+from appliance.control.connection_string import parse
 from appliance.storage.store import Store
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -171,10 +174,39 @@ def open_target(registry: RegistryProcess) -> Target:
     return target
 
 
+def basic(name: str, password: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"{name}:{password}".encode())
+
+
+def make_root(server: RegistryProcess) -> tuple[bytes, bytes]:
+    """`cloud init` on the server's data directory, then a connected registry `edge01`: the
+    admin's and edge01's sync token's Basic credentials, so the management and gateway APIs
+    are reached past their authentication too."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
+    made = subprocess.run(
+        [sys.executable, "-m", "appliance", "cloud", "init", "--login-server", server.host,
+         "--output", "json", "--data-dir", str(server.data_dir)],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    admin_token = json.loads(made.stdout)["adminToken"]
+    admin = basic(admin_token["name"], admin_token["passwords"][0]["value"])
+    api = "/manage/v1/connected-registries"
+    auth = (("Authorization", admin), ("Content-Type", b"application/json"))
+    _request(server, "POST", api, json.dumps({"name": "edge01", "repositories": ["**"]}).encode(),
+             auth)
+    settings = json.loads(_request(
+        server, "POST", f"{api}/edge01/get-settings",
+        json.dumps({"parentProtocol": "http", "generatePassword": 1}).encode(), auth,
+    ).body)
+    sync = parse(settings["connectionString"])
+    return admin, basic(sync.token_name, sync.password)
+
+
 @pytest.fixture(scope="module")
 def auth_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    """A server with auth on and a token that may do everything, so generated requests reach
-    the handlers with Basic credentials, a bearer token, or none."""
+    """A root with auth on: a token that may do everything, the admin and a sync token, so
+    generated requests reach the handlers with Basic credentials, a bearer token, or none."""
     data = tmp_path_factory.mktemp("generated-auth") / "data"
     server = RegistryProcess(data, ["--auth", "--insecure-http"]).start()
     store = Store(data)
@@ -184,13 +216,14 @@ def auth_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
                    "metadata/write"]
         credentials.create_scope_map(f"{TOKEN}-map", parse_permissions([("**", actions)]))
         _, passwords = credentials.create_token(TOKEN, f"{TOKEN}-map")
-        basic = b"Basic " + base64.b64encode(f"{TOKEN}:{passwords['password1']}".encode())
-        authorization = (("Authorization", basic),)
+        everything = basic(TOKEN, passwords["password1"])
+        authorization = (("Authorization", everything),)
         seeded = seed(server, authorization)
         scopes = f"scope=repository:{SEEDED}:pull,push,delete&scope=registry:catalog:*"
         token = json.loads(_request(server, "GET", f"/oauth2/token?{scopes}",
                                     headers=authorization).body)["access_token"]
-        target = Target(server, seeded, [basic, f"Bearer {token}".encode()])
+        admin, sync = make_root(server)
+        target = Target(server, seeded, [everything, f"Bearer {token}".encode(), admin, sync])
         target.skip_log()
         yield target
     finally:
@@ -220,6 +253,9 @@ UNICODE_DIGITS = "0123456789\u00b2\u00b9\u00b3\u0663\u06f4\u07c2\u0966\U0001d7d7
 # Valid by the spec's grammar (NAME_RE, TAG_RE), from text: st.from_regex is slow to draw.
 LOWER = "abcdefghijklmnopqrstuvwxyz0123456789"
 ALNUM = LOWER + "ABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+# aiohttp answers a request line or header line of over 8190 bytes itself (a plain-text 400),
+# before any handler: generated lines stay below it.
+LINE_LIMIT = 8000
 
 
 def header_bytes(data: bytes) -> bytes:
@@ -240,7 +276,8 @@ def raw_or_encoded(text: str) -> str:
 def header(name: str, value: str | bytes | None) -> tuple[tuple[str, bytes], ...]:
     if value is None:
         return ()
-    return ((name, value if isinstance(value, bytes) else value.encode()),)
+    data = value if isinstance(value, bytes) else value.encode()
+    return ((name, data[:LINE_LIMIT]),)
 
 
 def with_query(path: str, pairs: list[tuple[str, str]], raw: str = "") -> str:
@@ -248,7 +285,7 @@ def with_query(path: str, pairs: list[tuple[str, str]], raw: str = "") -> str:
     text = "&".join([f"{encoded(k)}={encoded(v)}" for k, v in pairs] + ([raw] if raw else []))
     if not text:
         return path
-    return f"{path}{'&' if '?' in path else '?'}{text}"
+    return f"{path}{'&' if '?' in path else '?'}{text}"[:LINE_LIMIT]
 
 
 COMPONENT = st.builds(
@@ -494,15 +531,26 @@ def credential_requests(draw: st.DrawFn, target: Target) -> Request:
         scopes = [("scope", s) for s in draw(SCOPES)]
         return Request("GET", with_query("/oauth2/token", scopes, draw(RAW_QUERY)), authorization)
     if kind in ("gateway", "manage"):
-        registry = raw_or_encoded(draw(st.text(min_size=1, max_size=20)))
+        registry = raw_or_encoded(draw(st.one_of(st.just("edge01"),
+                                                 st.text(min_size=1, max_size=20))))
         path = draw(st.sampled_from(
             [f"/gateway/v1/registries/{registry}/{a}" for a in
              ("settings", "status", "activate", "deactivate", "changes")]
             if kind == "gateway" else
-            ["/manage/v1/connected-registries", f"/manage/v1/connected-registries/{registry}"]
+            ["/manage/v1/connected-registries", f"/manage/v1/connected-registries/{registry}",
+             *(f"/manage/v1/connected-registries/{registry}/{a}" for a in
+               ("deactivate", "get-settings", "client-tokens", "permissions", "resync"))]
         ))
-        method = draw(st.sampled_from(["GET", "POST", "PUT", "PATCH"]))
-        return Request(method, path, authorization, json.dumps(draw(JSON)).encode())
+        method = draw(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]))
+        params = draw(st.lists(st.one_of(
+            st.tuples(st.sampled_from(["cursor", "parent", "noChildren", "cleanup"]),
+                      st.one_of(NUMBERS, ODD_TEXT, st.sampled_from(
+                          ["inf", "-inf", "nan", "1e400", "1e300", "1.5", "true"]))),
+            # Only waits the change feed refuses or does not hold: a valid one long-polls.
+            st.tuples(st.just("wait"), st.sampled_from(["0", "-1", "nan", "-inf", "x", ""])),
+        ), max_size=3))
+        return Request(method, with_query(path, params), authorization,
+                       json.dumps(draw(JSON)).encode())
     form = draw(FORMS)
     encoding = draw(st.sampled_from(["form", "bytes", "multipart"]))
     if encoding == "form":
