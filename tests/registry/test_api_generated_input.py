@@ -346,7 +346,8 @@ JSON = st.recursive(
 MEDIA_TYPES = st.one_of(
     st.sampled_from([OCI_MANIFEST, OCI_INDEX, "application/vnd.oci.image.config.v1+json",
                      "application/vnd.oci.image.layer.nondistributable.v1.tar",
-                     "application/vnd.oci.empty.v1+json"]),
+                     "application/vnd.oci.empty.v1+json",
+                     "application/\ud800"]),  # JSON's escape for a lone surrogate
     JSON,
 )
 BAD_AUTHORIZATIONS = st.one_of(
@@ -414,7 +415,7 @@ class Inputs:
             "layers": st.one_of(st.lists(descriptor, max_size=3), JSON),
             "manifests": st.one_of(st.lists(descriptor, max_size=3), JSON),
             "subject": descriptor,
-            "artifactType": st.one_of(st.text(max_size=30), JSON),
+            "artifactType": st.one_of(st.text(max_size=30), MEDIA_TYPES),
             "annotations": st.one_of(
                 st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2), JSON
             ),

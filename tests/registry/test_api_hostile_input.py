@@ -345,6 +345,26 @@ async def test_manifest_with_an_integer_of_5000_digits_is_manifest_invalid(
     await assert_oci_error(resp, 400, "MANIFEST_INVALID")
 
 
+@pytest.mark.parametrize("field", ["artifactType", "config.mediaType"])
+async def test_manifest_with_a_lone_surrogate_is_manifest_invalid(
+    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str, field: str
+) -> None:
+    """JSON's "\\ud800" decodes to a string that is not Unicode text and cannot be stored."""
+    image = make_image(seed=repo)
+    for blob in image.blobs:
+        await push_blob(http, registry.url, repo, blob)
+    doc = json.loads(image.manifest)
+    if field == "artifactType":
+        doc["artifactType"] = "\ud800"
+    else:
+        doc["config"]["mediaType"] = "application/\ud800"
+    resp = await push_manifest(http, registry.url, repo, "v1", json.dumps(doc).encode(),
+                               OCI_MANIFEST)
+    await assert_oci_error(resp, 400, "MANIFEST_INVALID")
+    async with http.get(f"{registry.url}/v2/{repo}/manifests/v1") as got:
+        await assert_oci_error(got, 404)
+
+
 async def test_content_range_of_5000_digits_is_416(
     registry: RegistryProcess, http: aiohttp.ClientSession, repo: str
 ) -> None:
