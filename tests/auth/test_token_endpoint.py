@@ -303,3 +303,13 @@ async def test_post_refresh_with_a_bad_refresh_token_is_401(server: AuthServer) 
                 http, server.url, {"grant_type": "refresh_token", "refresh_token": refresh}
             )
             assert status == 401, refresh
+
+
+async def test_post_a_form_over_a_mebibyte_is_413_size_invalid(server: AuthServer) -> None:
+    form = b"grant_type=password&username=reader&password=" + b"x" * 1024**2
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{server.url}/oauth2/token",
+        data=form,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ) as resp:
+        await assert_refused(resp, 413, "SIZE_INVALID")
