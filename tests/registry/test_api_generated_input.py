@@ -13,7 +13,6 @@ import base64
 import http.client
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from appliance.auth.tokens import Credentials, parse_permissions
 from appliance.control.connection_string import parse
 from appliance.storage.store import Store
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -313,7 +312,8 @@ NUMBERS = st.one_of(
     st.integers(0, 2**70).map(str),
     st.text(st.sampled_from(UNICODE_DIGITS + " +-x.e"), max_size=8),
     st.integers(1, 5000).map(lambda k: "9" * k),
-    st.just(""),
+    # The edges: int() reads at most 4300 digits.
+    st.sampled_from(["", "\u00b2", "\u00b9", "9" * 4300, "9" * 4301, "0" * 4301 + "5"]),
 )
 _SPAN = st.builds(lambda a, b: f"{a}-{b}", NUMBERS, NUMBERS)
 RANGES = st.one_of(
@@ -363,6 +363,12 @@ SCOPES = st.lists(st.one_of(
     st.builds(lambda n, a: f"repository:{n}:{a}", NAMES,
               st.sampled_from(["pull", "push", "pull,push", "delete", "*", ""])),
     ODD_TEXT), max_size=3)
+FEED_PARAMS = st.one_of(
+    st.tuples(st.just("cursor"), st.one_of(NUMBERS, ODD_TEXT, st.sampled_from(
+        ["inf", "-inf", "nan", "1e400", "1e300", "1.5", "0x10"]))),
+    # Only waits the feed refuses or does not hold: a valid one long-polls for up to 30 s.
+    st.tuples(st.just("wait"), st.sampled_from(["0", "-1", "nan", "-inf", "x", ""])),
+)
 FORMS = st.dictionaries(
     st.sampled_from(["grant_type", "username", "password", "refresh_token", "scope", "service",
                      "client_id"]),
@@ -408,6 +414,13 @@ class Inputs:
                       self.digests, st.integers()),
             JSON,
         )
+        self.image = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": seeded["config"], "size": int(seeded["config_size"])},
+            "layers": [],
+        }).encode()
         self.documents = st.fixed_dictionaries({}, optional={
             "schemaVersion": st.one_of(st.just(2), JSON),
             "mediaType": MEDIA_TYPES,
@@ -454,8 +467,11 @@ def uploads(draw: st.DrawFn, target: Target) -> Request:
     name = raw_or_encoded(draw(NAMES))
     body: bytes | None = draw(st.binary(min_size=1, max_size=200))
     digest = draw(st.one_of(st.just(digest_of(body)), inputs.digests))
-    kind = draw(st.sampled_from(["post", "mount", "patch", "put", "delete"]))
-    session = draw(st.one_of(st.just("fresh"), ODD_TEXT.map(lambda t: raw_or_encoded(t) or "x")))
+    # Chunks most, and mostly on a session that exists, so that Content-Range gets checked.
+    kind = draw(st.sampled_from(["post", "mount", "patch", "patch", "patch", "put", "delete"]))
+    session = "fresh"
+    if draw(st.sampled_from([False, False, True])):
+        session = raw_or_encoded(draw(ODD_TEXT)) or "x"
     if kind in ("patch", "put", "delete") and session == "fresh":
         good = target.authorizations[0] if target.authorizations else None
         started = send(target.server, Request(
@@ -481,7 +497,7 @@ def uploads(draw: st.DrawFn, target: Target) -> Request:
     headers = (
         header("Authorization", draw(inputs.authorizations))
         + header("Content-Type", draw(st.none() | CONTENT_TYPES))
-        + header("Content-Range", draw(st.none() | RANGES))
+        + header("Content-Range", draw(st.none() | _SPAN | RANGES))
     )
     return Request(method, with_query(path, params, draw(RAW_QUERY)), headers, body)
 
@@ -494,9 +510,11 @@ def manifest_bodies(draw: st.DrawFn, target: Target) -> bytes:
     body = json.dumps(draw(target.inputs.documents)).encode()
     shape = draw(st.sampled_from(["document", "long-number", "json", "bytes", "deep"]))
     if shape == "long-number":
-        digits = draw(st.integers(19, 5000))
-        body, _ = re.subn(rb'("size": |"schemaVersion": )-?\d+', rb"\g<1>" + b"9" * digits, body,
-                          count=1)
+        # A manifest otherwise right, its config's size (or schemaVersion) that many digits.
+        digits = draw(st.one_of(st.integers(19, 5000), st.sampled_from([4300, 4301, 5000])))
+        size = f'"size": {target.seeded["config_size"]}'.encode()
+        field = draw(st.sampled_from([size, b'"schemaVersion": 2']))
+        body = target.inputs.image.replace(field, field.split(b" ")[0] + b" " + b"9" * digits)
     elif shape == "json":
         body = json.dumps(draw(JSON)).encode()
     elif shape == "bytes":
@@ -510,8 +528,9 @@ def manifest_bodies(draw: st.DrawFn, target: Target) -> bytes:
 @st.composite
 def manifest_pushes(draw: st.DrawFn, target: Target) -> Request:
     inputs = target.inputs
-    name = raw_or_encoded(draw(NAMES))
-    reference = raw_or_encoded(draw(st.one_of(TAGS, inputs.references)))
+    # Mostly a good name and tag, so that the body is what gets checked.
+    name = raw_or_encoded(draw(st.one_of(st.just(SEEDED), NAMES)))
+    reference = raw_or_encoded(draw(st.one_of(st.just("pushed"), TAGS, inputs.references)))
     params = draw(st.lists(st.tuples(st.just("tag"), st.one_of(TAGS, ODD_TEXT)), max_size=3))
     method = draw(st.sampled_from(["PUT", "PUT", "PUT", "DELETE"]))
     headers = (
@@ -527,10 +546,18 @@ def manifest_pushes(draw: st.DrawFn, target: Target) -> Request:
 def credential_requests(draw: st.DrawFn, target: Target) -> Request:
     """The token endpoint's GET and POST flows, and the gateway and management APIs' Basic."""
     authorization = header("Authorization", draw(target.inputs.authorizations))
-    kind = draw(st.sampled_from(["get", "post", "gateway", "manage"]))
+    kind = draw(st.sampled_from(["get", "post", "gateway", "manage", "feed"]))
     if kind == "get":
         scopes = [("scope", s) for s in draw(SCOPES)]
         return Request("GET", with_query("/oauth2/token", scopes, draw(RAW_QUERY)), authorization)
+    if kind == "feed":
+        # The change feed past authentication: edge01's sync token is the target's last.
+        sync = target.authorizations[-1] if target.authorizations else None
+        authorization = header("Authorization", draw(st.one_of(
+            st.just(sync), target.inputs.authorizations)))
+        params = draw(st.lists(FEED_PARAMS, max_size=3))
+        path = with_query("/gateway/v1/registries/edge01/changes", params)
+        return Request("GET", path, authorization)
     if kind in ("gateway", "manage"):
         registry = raw_or_encoded(draw(st.one_of(st.just("edge01"),
                                                  st.text(min_size=1, max_size=20))))
@@ -543,12 +570,8 @@ def credential_requests(draw: st.DrawFn, target: Target) -> Request:
                ("deactivate", "get-settings", "client-tokens", "permissions", "resync"))]
         ))
         method = draw(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]))
-        params = draw(st.lists(st.one_of(
-            st.tuples(st.sampled_from(["cursor", "parent", "noChildren", "cleanup"]),
-                      st.one_of(NUMBERS, ODD_TEXT, st.sampled_from(
-                          ["inf", "-inf", "nan", "1e400", "1e300", "1.5", "true"]))),
-            # Only waits the change feed refuses or does not hold: a valid one long-polls.
-            st.tuples(st.just("wait"), st.sampled_from(["0", "-1", "nan", "-inf", "x", ""])),
+        params = draw(st.lists(st.tuples(
+            st.sampled_from(["parent", "noChildren", "cleanup"]), st.one_of(NUMBERS, ODD_TEXT)
         ), max_size=3))
         return Request(method, with_query(path, params), authorization,
                        json.dumps(draw(JSON)).encode())
