@@ -4,7 +4,7 @@ headers and bodies a client sends, the answer is never a 5xx, every refusal is a
 (every 401 with a challenge), and the server log holds no traceback.
 
 CI runs a fixed, derandomized set of examples per test. A longer hunt draws fresh ones:
-    FUZZ_EXAMPLES=5000 pytest tests/registry/test_api_generated_input.py
+    FUZZ_EXAMPLES=20000 pytest tests/registry/test_api_generated_input.py
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class Target:
 
 
 def assert_clean(target: Target, request: Request) -> None:
+    """The property: no 5xx, every refusal an OCI error body, every 401 a challenge, and
+    nothing in the log that says the server failed rather than refused."""
     answer = send(target.server, request)
     log = target.new_log()
     what = f"{request.method} {request.path[:200]} -> {answer.status}: {answer.body[:300]!r}"
