@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -265,7 +266,8 @@ async def changes(request: web.Request) -> web.StreamResponse:
         return scope
     cursor = _query_number(request, "cursor", 0)
     wait = _query_number(request, "wait", 0)
-    if cursor is None or cursor != int(cursor) or wait is None:
+    # float() also reads "inf" and "1e400", which int() cannot convert.
+    if cursor is None or not math.isfinite(cursor) or cursor != int(cursor) or wait is None:
         return _error(400, "UNSUPPORTED", "cursor must be a whole number and wait seconds >= 0")
     conn = store_of(request).conn
     answer = read_changes(conn, scope, int(cursor))

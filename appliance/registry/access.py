@@ -14,7 +14,6 @@ Whatever the credentials, a ReadOnly node refuses pushes (403 `DENIED`) and dele
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -131,9 +130,13 @@ async def identify(request: web.Request) -> Identity:
 
 
 def basic_credentials(value: str) -> tuple[str, str]:
+    """Name and password of a Basic `Authorization` value; ("", "") for anything malformed
+    (not base64, not ASCII, not UTF-8, no colon), which then fails authentication as a 401."""
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
+        # binascii.Error, UnicodeDecodeError, and the ValueError b64decode raises for a
+        # header with non-ASCII characters (aiohttp keeps such bytes as surrogates).
         decoded = ""
     name, sep, password = decoded.partition(":")
     return (name, password) if sep else ("", "")
