@@ -78,7 +78,7 @@ class NodeState:
 
     @property
     def sync_credential_path(self) -> Path:
-        return self.store.layout.secrets / "sync-token"
+        return self.store.layout.sync_credential
 
     def sync_credential(self) -> SyncCredential | None:
         try:
