@@ -18,6 +18,8 @@ METADATA_READ = "metadata/read"
 METADATA_WRITE = "metadata/write"
 ACTIONS = (CONTENT_READ, CONTENT_WRITE, CONTENT_DELETE, METADATA_READ, METADATA_WRITE)
 
+PUSH = frozenset({CONTENT_READ, CONTENT_WRITE})
+
 # What a Docker scope action asks for, in our actions.
 DOCKER_ACTIONS: dict[str, frozenset[str]] = {
     "pull": frozenset({CONTENT_READ, METADATA_READ}),
