@@ -9,9 +9,7 @@ this registry is the only party that reads them.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import os
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from appliance.storage.files import write_file
 
 ISSUER = "connected-registry"
 ALGORITHM = "ES256"
@@ -37,9 +37,8 @@ class InvalidToken(Exception):
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The registry's signing key; made (0600 from the start) if absent.
 
-    The new key is written to a fresh temporary file and hard-linked into place, which fails if
-    another process (the service, a CLI command) made one meanwhile: then theirs is used, so
-    every process signs with the same key.
+    The new key is put in place only if another process (the service, a CLI command) did not
+    make one meanwhile: then theirs is used, so every process signs with the same key.
     """
     if not path.exists():
         key = ec.generate_private_key(ec.SECP256R1())
@@ -49,22 +48,7 @@ def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
             serialization.NoEncryption(),
         )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_file(path, pem, keep_existing=True)
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path} is not an EC private key")

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance.storage.blobs import fsync_directory
+from appliance.storage.files import write_file
 from appliance.storage.layout import Layout
 
 CA_VALIDITY = timedelta(days=3650)
@@ -299,32 +299,8 @@ def _owner(root: Path) -> tuple[int, int] | None:
 
 
 def _write_private(path: Path, data: bytes, owner: tuple[int, int] | None) -> None:
-    _write_atomically(path, data, 0o600, owner)
+    write_file(path, data, 0o600, owner)
 
 
 def _write_public(path: Path, data: bytes, owner: tuple[int, int] | None) -> None:
-    _write_atomically(path, data, 0o644, owner)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
-    """Replace `path` with `data`: readers see the old file or the new one, never a part.
-
-    The temporary file is created new (O_EXCL) with `mode`, so a key is never readable by
-    others, not even for a moment, and a stale file with looser permissions is never reused.
-    """
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # The umask may have taken bits a public certificate needs (0644 under umask 077).
-            os.fchmod(f.fileno(), mode)
-            if owner:
-                os.fchown(f.fileno(), *owner)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+    write_file(path, data, 0o644, owner)

@@ -18,7 +18,6 @@ METADATA_READ = "metadata/read"
 METADATA_WRITE = "metadata/write"
 ACTIONS = (CONTENT_READ, CONTENT_WRITE, CONTENT_DELETE, METADATA_READ, METADATA_WRITE)
 
-PULL = frozenset({CONTENT_READ})
 PUSH = frozenset({CONTENT_READ, CONTENT_WRITE})
 
 # What a Docker scope action asks for, in our actions.

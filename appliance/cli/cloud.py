@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import functools
 import shlex
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from appliance.auth.scopes import ACTIONS, Permission
 from appliance.auth.tokens import Credentials
 from appliance.cli.options import load, node_options, open_store
 from appliance.cli.output import (
@@ -36,7 +34,7 @@ from appliance.cli.output import (
     output_option,
     yes_option,
 )
-from appliance.config import Config, with_role_defaults
+from appliance.config import Config
 from appliance.control.connection_string import ConnectionStringError, parse_endpoint
 from appliance.control.hierarchy import (
     LOG_LEVELS,
@@ -53,11 +51,10 @@ from appliance.control.management_client import (
     RemoteManagement,
 )
 from appliance.control.node import CLOUD, NodeState
+from appliance.control.root import ADMIN, Root, RootRefused, make_root
 from appliance.control.schedule import CONTINUOUS, DEFAULT_TTL
-from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
 
-ADMIN = "cloudadmin"
 COLUMNS = (
     "name",
     "mode",
@@ -119,18 +116,6 @@ def cloud() -> None:
 # -- init --------------------------------------------------------------------------------------
 
 
-def _default_login_server(config: Config, store: Store) -> str:
-    """Where this node will listen as a root (0.0.0.0:443 unless configured), with this host's
-    name where that is every address (a device can't dial 0.0.0.0)."""
-    layout = store.layout
-    listen = with_role_defaults(config, CLOUD, layout.tls_server_cert, layout.tls_server_key).listen
-    host = listen.host
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{listen.port}"
-
-
 @cloud.command()
 @click.option(
     "--login-server",
@@ -164,73 +149,34 @@ def init(
                 f"{login_server!r} is not HOST:PORT", param_hint="--login-server"
             ) from None
     store = open_store(config, create=True)
-    state = NodeState(store)
-    if state.role == CLOUD:
-        _already_root(state, login_server, output)
-        return
-    if state.role is not None:
-        raise click.ClickException(
-            f"this node is a {state.role} registry ({state.get('name') or 'unnamed'}); a root "
-            "is made on a fresh data directory"
-        )
-    login_server = login_server or _default_login_server(config, store)
-    passwords = _make_root(store, config, login_server)
-    root = _root_args(config_path, data_dir, None, ADMIN, None)
+    try:
+        root = make_root(store, _credentials(store, config), config, login_server)
+    except RootRefused as err:
+        raise click.ClickException(str(err)) from None
     emit(
         output,
         {
             "role": CLOUD,
-            "loginServer": login_server,
-            "initialized": True,
+            "loginServer": root.login_server,
+            "initialized": root.initialized,
             "adminToken": {
-                "name": ADMIN,
-                "passwords": [{"name": k, "value": v} for k, v in sorted(passwords.items())],
+                "name": root.admin_token,
+                "passwords": [{"name": k, "value": v} for k, v in sorted(root.passwords.items())],
             },
         },
-        lambda: _init_text(login_server, passwords, root),
+        lambda: _init_text(root, _root_args(config_path, data_dir, None, ADMIN, None)),
     )
 
 
-def _make_root(store: Store, config: Config, login_server: str) -> dict[str, str]:
-    """The admin token and the role, in one transaction: a refusal leaves the node as it was."""
-    credentials = _credentials(store, config)
-    with write_transaction(store.db):
-        credentials.create_scope_map(
-            ADMIN, (Permission("**", frozenset(ACTIONS)),), "admin of this root"
+def _init_text(root: Root, root_args: list[str]) -> str:
+    if not root.initialized:
+        return (
+            f"This node is already a root (login server {root.login_server}, admin token "
+            f"{root.admin_token!r}); nothing changed."
         )
-        _, passwords = credentials.create_token(ADMIN, ADMIN)
-        state = NodeState(store)
-        state.set("role", CLOUD)
-        state.set("login_server", login_server)
-        state.set("admin_token", ADMIN)
-    return passwords
-
-
-def _already_root(state: NodeState, login_server: str | None, output: str) -> None:
-    current = state.get("login_server")
-    if login_server is not None and login_server != current:
-        raise click.ClickException(
-            f"this node is already a root, with login server {current}, not {login_server}; "
-            "nothing changed"
-        )
-    emit(
-        output,
-        {
-            "role": CLOUD,
-            "loginServer": current,
-            "initialized": False,
-            "adminToken": {"name": state.get("admin_token"), "passwords": []},
-        },
-        lambda: (
-            f"This node is already a root (login server {current}, admin token "
-            f"{state.get('admin_token')!r}); nothing changed."
-        ),
-    )
-
-
-def _init_text(login_server: str, passwords: dict[str, str], root: list[str]) -> str:
-    rows = format_table(["password", "value"], sorted(passwords.items()))
-    node = f" {shlex.join(root)}" if root else ""
+    rows = format_table(["password", "value"], sorted(root.passwords.items()))
+    node = f" {shlex.join(root_args)}" if root_args else ""
+    login_server = root.login_server or ""
     host = login_server.rpartition(":")[0].strip("[]")
     return (
         f"This node is now a root; devices reach it at {login_server}.\n\n"

@@ -47,6 +47,7 @@ from appliance.control.gateway_client import (
 )
 from appliance.control.node import CLOUD, CONNECTED, NodeState, SyncCredential
 from appliance.control.relay import served_tokens
+from appliance.storage.files import write_file
 from appliance.storage.layout import Layout, existing_state
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
@@ -290,10 +291,7 @@ def _write_anchor(layout: Layout, anchor: bytes | None) -> None:
         layout.parent_ca_cert.unlink(missing_ok=True)
         return
     layout.tls.mkdir(mode=0o755, parents=True, exist_ok=True)
-    temporary = layout.parent_ca_cert.with_name(f".parent-ca.{uuid.uuid4().hex}")
-    temporary.write_bytes(anchor)
-    temporary.chmod(0o644)
-    temporary.replace(layout.parent_ca_cert)
+    write_file(layout.parent_ca_cert, anchor, 0o644)
 
 
 def _certificate(layout: Layout, hosts: list[str]) -> IssuedCertificates | None:

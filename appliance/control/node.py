@@ -28,13 +28,13 @@ Keys of `node_state` (DESIGN.md §7):
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance.control.roles import CLOUD, CONNECTED  # noqa: F401 - re-exported
+from appliance.storage.files import write_file
 from appliance.storage.store import Store
 
 
@@ -78,7 +78,7 @@ class NodeState:
 
     @property
     def sync_credential_path(self) -> Path:
-        return self.store.layout.secrets / "sync-token"
+        return self.store.layout.sync_credential
 
     def sync_credential(self) -> SyncCredential | None:
         try:
@@ -88,13 +88,8 @@ class NodeState:
         return SyncCredential(data["token"], data["password"])
 
     def write_sync_credential(self, credential: SyncCredential) -> None:
-        """0600 from the moment the file exists; replaced atomically."""
+        """0600 from the moment the file exists; replaced atomically and durably."""
         path = self.sync_credential_path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"token": credential.token, "password": credential.password}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
+        data = {"token": credential.token, "password": credential.password}
+        write_file(path, json.dumps(data).encode())

@@ -52,5 +52,3 @@ class Digest:
     def of(cls, data: bytes) -> Digest:
         return cls(hashlib.sha256(data).hexdigest())
 
-
-EMPTY_BLOB = Digest.of(b"")

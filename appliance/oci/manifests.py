@@ -57,10 +57,6 @@ class ParsedManifest:
     config_media_type: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEX_TYPES
-
     def referrer_artifact_type(self) -> str | None:
         """The referrers API's artifactType: the manifest's own, else its config's media type."""
         return self.artifact_type or self.config_media_type

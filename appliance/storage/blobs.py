@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.oci.digests import Digest
+from appliance.storage.files import fsync_directory
 from appliance.storage.layout import Layout
 
 # sync_file_range(2), which Python's os module lacks; None where libc has none (not Linux).
@@ -26,14 +27,6 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     Advisory only: where the call is missing or fails, that fsync does all the work."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def place_blob_file(layout: Layout, source: Path, digest: Digest) -> int | None:

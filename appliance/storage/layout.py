@@ -18,6 +18,8 @@
         token-signing-key.pem      0600: signs the bearer tokens of /oauth2/token
         tls-ca.key                 0600: signs server.crt (kept so a re-issue keeps the same CA)
         tls-server.key             0600: server.crt's private key
+        sync-token                 0600: on a connected registry, its sync token's name and
+                                   password (JSON), written at activation
 
 Paths are built only from a validated `Digest` or from a session id this process generated, so
 nothing a client sends can name a file outside the data directory.
@@ -51,6 +53,7 @@ class Layout:
         self.parent_ca_cert = self.tls / "parent-ca.crt"
         self.tls_ca_key = self.secrets / "tls-ca.key"
         self.tls_server_key = self.secrets / "tls-server.key"
+        self.sync_credential = self.secrets / "sync-token"
 
     def create(self) -> None:
         for folder in (self.root, self.blobs, self.uploads):

@@ -195,12 +195,6 @@ class RegistryClient:
 
     # -- the API ---------------------------------------------------------------------------
 
-    async def ping(self) -> None:
-        """GET /v2/: proves the upstream answers and our credentials are accepted."""
-        async with await self._send("GET", f"{self.base_url}/v2/", "") as response:
-            if response.status != 200:
-                raise await _refusal(response, "/v2/")
-
     async def list_tags(self, name: str) -> list[str]:
         """Every tag of `name`, following `Link` pagination; [] if the repository is unknown."""
         tags: list[str] = []

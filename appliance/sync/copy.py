@@ -16,14 +16,14 @@ push.py hands a tag to the parent, origin 'parent', once the parent has it or wo
 Every tag moved here from the parent also records the parent's digest in node_state
 (`parent_tags/<repo>/<tag>`), which push sync compares with the parent's current one.
 
-Blob downloads survive the run: a download that fails (the upstream unreachable after the
-client's retries, the window closing, the process killed) keeps its upload session, which
-records the digest (`Uploads.download`), and the next download of that blob, in any repository,
-resumes from the file's length with `Range`. An upstream that ignores `Range` gets the blob
-fetched again from zero; bytes that do not hash to the digest are dropped, never stored; a
-partial nobody resumes is purged after 24 h idle like any upload session. The report counts the
-bytes received in this run (`bytes`) apart from those of stored blobs that an earlier run had
-already fetched (`resumed_bytes`).
+Blob downloads (download.py) survive the run: a download that fails (the upstream unreachable
+after the client's retries, the window closing, the process killed) keeps its upload session,
+which records the digest (`Uploads.download`), and the next download of that blob, in any
+repository, resumes from the file's length with `Range`. An upstream that ignores `Range` gets
+the blob fetched again from zero; bytes that do not hash to the digest are dropped, never
+stored; a partial nobody resumes is purged after 24 h idle like any upload session. The report
+counts the bytes received in this run (`bytes`) apart from those of stored blobs that an
+earlier run had already fetched (`resumed_bytes`).
 
 A run has a deadline, the end of its sync window: it is checked before each tag, manifest and
 blob and for each chunk of a blob, so a run past its window stops there (`WindowClosed`): a
@@ -48,9 +48,8 @@ upstream. Repositories that left the scope are removed by run.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -59,9 +58,9 @@ from appliance.oci.errors import OCIError
 from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
-from appliance.storage.uploads import UploadStatus
-from appliance.sync.client import FetchedManifest, RangeIgnored, RegistryClient, RegistryError
+from appliance.sync.client import FetchedManifest, RegistryClient, RegistryError
 from appliance.sync.content import TagFilter
+from appliance.sync.download import BlobDownload, WindowClosed
 from appliance.sync.progress import current_progress
 from appliance.sync.push import parent_tag_key
 from appliance.sync.schedule import NO_DEADLINE, Deadline
@@ -77,7 +76,6 @@ PARALLEL_TAGS = 8
 TAG_BATCH = 256
 TAG_BATCH_WAIT = 1.0
 READ_ONLY = "ReadOnly"
-SIZE_INVALID = "SIZE_INVALID"
 
 T = TypeVar("T")
 
@@ -108,11 +106,6 @@ class Transfer:
         self.tags_moved += other.tags_moved
         self.tags_deleted += other.tags_deleted
         self.tags_kept += other.tags_kept
-
-
-class WindowClosed(Exception):
-    """The sync window ended: the run stops where it is, keeping what was copied and the
-    partial of a blob under way."""
 
 
 class RepositoryCopy:
@@ -394,45 +387,19 @@ class RepositoryCopy:
             if self._stopped or self.deadline.passed():
                 self._stopped = True
                 return
-            with self.store.uploads.download(self.repository, digest) as session:
-                resumed = session.size
-                if resumed > descriptor.size:
-                    resumed, session = 0, self.store.uploads.restart(session)  # not this blob
-                try:
-                    await self._download(session, descriptor)
-                except RangeIgnored:
-                    # The upstream cannot continue: what is on disk goes, the blob comes whole.
-                    resumed, session = 0, self.store.uploads.restart(session)
-                    await self._download(session, descriptor)
+            download = BlobDownload(
+                self.store, self.client, self.repository, digest, descriptor.size, self.deadline
+            )
+            try:
+                await download.run()
+            except WindowClosed:
+                self._stopped = True
+                raise
+            finally:
+                self.transfer.bytes += download.received
         self.transfer.blobs += 1
-        self.transfer.resumed_bytes += resumed
+        self.transfer.resumed_bytes += download.resumed
         current_progress().blob_copied()
-
-    async def _download(self, session: UploadStatus, descriptor: Descriptor) -> None:
-        """Fetch the rest of the blob from `session.size` into the session and store it. On
-        failure the session stays as a partial, unless its bytes cannot be the blob."""
-        digest = descriptor.digest
-        remaining = descriptor.size - session.size
-        chunks = self.client.blob_chunks(self.repository, digest, session.size)
-        counted = _Counted(chunks, remaining, self.deadline)
-        current_progress().blob_started(str(digest), remaining)
-        try:
-            # A partial that holds every byte only needs its digest checked.
-            body = counted if remaining > 0 else None
-            await self.store.finish_upload(session, digest, body, origin=Origin.PARENT)
-        except WindowClosed:
-            self._stopped = True
-            raise
-        except RegistryError as err:
-            if err.code == SIZE_INVALID:
-                # More bytes than the blob has: none of them can be trusted.
-                with contextlib.suppress(OSError):
-                    self.store.uploads.cancel(session)
-            raise
-        finally:
-            await chunks.aclose()
-            self.transfer.bytes += counted.size
-            current_progress().blob_ended(str(digest))
 
     # -- tags ------------------------------------------------------------------------------
 
@@ -472,35 +439,6 @@ class RepositoryCopy:
                     self.store.delete_tag(self.repository, tag, origin=Origin.PARENT)
                     self.store.delete_state(parent_tag_key(self.repository, tag))
         self.transfer.tags_deleted += len(gone)
-
-
-class _Counted:
-    """A blob stream that counts its bytes, stops an upstream that sends more than the
-    descriptor's size (it cannot be the blob, and it must not fill the disk), and stops at the
-    deadline (`WindowClosed`: what arrived so far stays on disk for the next window)."""
-
-    def __init__(
-        self, chunks: AsyncIterator[bytes], limit: int, deadline: Deadline = NO_DEADLINE
-    ) -> None:
-        self._chunks = chunks
-        self._limit = limit
-        self._deadline = deadline
-        self.size = 0
-
-    def __aiter__(self) -> _Counted:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._deadline.passed():
-            raise WindowClosed()
-        chunk = await anext(self._chunks)
-        self.size += len(chunk)
-        current_progress().bytes_received(len(chunk))
-        if self.size > self._limit:
-            raise RegistryError(
-                SIZE_INVALID, f"the upstream sent more than the {self._limit} bytes expected"
-            )
-        return chunk
 
 
 def _unique(descriptors: list[Descriptor]) -> list[Descriptor]:

@@ -49,10 +49,8 @@ and finds the download finished or under way).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -65,18 +63,17 @@ from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.manifests import MAX_MANIFEST_BYTES, Descriptor, parse_manifest
 from appliance.storage.space import DiskFull
-from appliance.storage.store import Origin, Store, StoredManifest
-from appliance.storage.uploads import UploadStatus
+from appliance.storage.store import Store, StoredManifest
 from appliance.sync.bandwidth import TokenBucket
 from appliance.sync.client import (
     FetchedManifest,
-    RangeIgnored,
     RegistryClient,
     RegistryError,
     UpstreamUnreachable,
 )
 from appliance.sync.content import TagFilter
-from appliance.sync.copy import PARALLEL_BLOBS, READ_ONLY, RepositoryCopy, WindowClosed
+from appliance.sync.copy import PARALLEL_BLOBS, READ_ONLY, RepositoryCopy
+from appliance.sync.download import BlobDownload, WindowClosed
 from appliance.sync.schedule import Deadline, Window, utc_now, window_at
 from appliance.sync.sources import Source, SyncError, parent_source
 from appliance.system.logs import fields
@@ -283,19 +280,10 @@ class OnDemand:
     async def _download(
         self, client: RegistryClient, repository: str, digest: Digest, size: int | None
     ) -> None:
-        """The same path a sync's blob takes: a download session (resuming the partial an
-        interrupted sync or on-demand fetch left, with `Range`), finished with the expected
-        digest (a mismatch drops it), Origin.PARENT. A fetch cut short keeps its bytes for the
-        next one."""
+        """The same download a sync's blob takes (download.py): resumed, verified, Origin.PARENT;
+        a fetch cut short keeps its bytes for the next one."""
         async with self._download_slots:
-            with self.store.uploads.download(repository, digest) as session:
-                if size is not None and session.size > size:
-                    session = self.store.uploads.restart(session)  # cannot be this blob
-                try:
-                    received = await self._fetch_into(client, session, digest, size)
-                except RangeIgnored:
-                    session = self.store.uploads.restart(session)
-                    received = await self._fetch_into(client, session, digest, size)
+            received = await BlobDownload(self.store, client, repository, digest, size).run()
         log.info(
             "on-demand: stored blob %s (%d bytes) in %s",
             digest,
@@ -303,23 +291,6 @@ class OnDemand:
             repository,
             extra=fields(repository=repository, digest=digest),
         )
-
-    async def _fetch_into(
-        self, client: RegistryClient, session: UploadStatus, digest: Digest, size: int | None
-    ) -> int:
-        chunks = client.blob_chunks(session.repository, digest, session.size)
-        limit = None if size is None else size - session.size
-        try:
-            body = None if limit == 0 else _at_most(chunks, limit)
-            return await self.store.finish_upload(session, digest, body, origin=Origin.PARENT)
-        except RegistryError as err:
-            if err.code == "SIZE_INVALID":
-                # More bytes than the blob has: none of them can be trusted.
-                with contextlib.suppress(OSError):
-                    self.store.uploads.cancel(session)
-            raise
-        finally:
-            await chunks.aclose()
 
     # -- manifests: the tree, in the background --------------------------------------------
 
@@ -429,17 +400,6 @@ def _check_manifest(fetched: FetchedManifest) -> None:
     if len(fetched.body) > MAX_MANIFEST_BYTES:
         raise OCIError(ErrorCode.SIZE_INVALID, f"the manifest is {len(fetched.body)} bytes")
     parse_manifest(fetched.body, fetched.media_type)
-
-
-async def _at_most(chunks: AsyncIterator[bytes], limit: int | None) -> AsyncIterator[bytes]:
-    """The parent's blob stream, stopped past the size its descriptor gave: it cannot be the
-    blob, and it must not fill the disk."""
-    received = 0
-    async for chunk in chunks:
-        received += len(chunk)
-        if limit is not None and received > limit:
-            raise RegistryError("SIZE_INVALID", f"the parent sent more than {limit} bytes")
-        yield chunk
 
 
 def _message(err: RegistryError | OCIError) -> str:

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -489,6 +490,37 @@ def test_a_fingerprint_pinned_https_parent_activates(https_root: Root, tmp_path:
     # Later calls verify the chain against the pinned CA: deactivate goes through.
     assert run("deactivate", "--data-dir", str(device), "--yes").returncode == 0
     assert https_root.status("edge01") == "Inactive"
+
+
+def test_every_file_activation_writes_survives_a_power_cut(
+    https_root: Root, tmp_path: Path
+) -> None:
+    """Each file is fsynced under its temporary name before the rename, and its directory
+    after: a power cut once `activate` has returned loses none of them."""
+    password = https_root.create("edge01", ["demo/*"])
+    device = tmp_path / "device"
+    trace = tmp_path / "fsyncs"
+    result = subprocess.run(
+        [
+            "strace", "-f", "-qq", "-y", "-e", "trace=fsync", "-e", "signal=none",
+            "-o", str(trace), sys.executable, "-m", "appliance", "activate",
+            "--data-dir", str(device), "--connection-string",
+            str(https_root.connection("edge01", password)), "--yes", "--no-start",
+        ],
+        env=clean_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
+    )
+
+    assert result.returncode == 0, result.stderr
+    fsynced = set(re.findall(r"fsync\(\d+<([^>]*)>\) = 0", trace.read_text()))
+    files = sorted(path for folder in ("secrets", "tls") for path in (device / folder).iterdir())
+    assert {path.name for path in files} >= {"sync-token", "parent-ca.crt", "tls-server.key"}
+    for path in files:
+        assert any(
+            re.fullmatch(rf"\.{re.escape(path.name)}\..+", Path(name).name)
+            and Path(name).parent == path.parent
+            for name in fsynced
+        ), f"{path} was not fsynced before it was put in place"
+        assert str(path.parent) in fsynced, f"{path.parent} was not fsynced after {path.name}"
 
 
 def test_a_wrong_fingerprint_is_refused_and_writes_nothing(
