@@ -40,8 +40,6 @@ from appliance.config import Config, with_role_defaults
 from appliance.control.connection_string import ConnectionStringError, parse_endpoint
 from appliance.control.hierarchy import (
     LOG_LEVELS,
-    MODES,
-    READ_WRITE,
     Hierarchy,
     HierarchyError,
     offline_after_from,
@@ -53,6 +51,7 @@ from appliance.control.management_client import (
     RemoteManagement,
 )
 from appliance.control.node import CLOUD, NodeState
+from appliance.control.roles import MODES, READ_WRITE
 from appliance.control.schedule import CONTINUOUS, DEFAULT_TTL
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store

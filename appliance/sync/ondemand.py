@@ -60,6 +60,7 @@ from aiohttp import web
 
 from appliance.auth.scopes import matches
 from appliance.control.node import CONNECTED, NodeState
+from appliance.control.roles import READ_ONLY
 from appliance.control.schedule import ScheduleError
 from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
@@ -76,7 +77,7 @@ from appliance.sync.client import (
     UpstreamUnreachable,
 )
 from appliance.sync.content import TagFilter
-from appliance.sync.copy import PARALLEL_BLOBS, READ_ONLY, RepositoryCopy, WindowClosed
+from appliance.sync.copy import PARALLEL_BLOBS, RepositoryCopy, WindowClosed
 from appliance.sync.schedule import Deadline, Window, utc_now, window_at
 from appliance.sync.sources import Source, SyncError, parent_source
 from appliance.system.logs import fields
