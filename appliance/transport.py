@@ -134,6 +134,14 @@ def json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+async def json_answer(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The JSON object a response carries; PeerError `UNEXPECTED_RESPONSE` otherwise."""
+    value = json_object(await response.read())
+    if value is None:
+        raise PeerError("UNEXPECTED_RESPONSE", f"{response.url} sent no JSON object")
+    return value
+
+
 def answered_without_tls(err: BaseException) -> bool:
     """Whether a TLS handshake failed because the other end does not speak TLS: a plain-HTTP
     server's answer read as a TLS record."""

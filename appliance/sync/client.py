@@ -2,10 +2,11 @@
 token) and plain registries (CNCF distribution, Harbor, cloud registries).
 
 What a caller may rely on:
-- Authentication: anonymous, then whatever the registry's `WWW-Authenticate` asks for — Basic
-  with the configured credentials, or Docker's Bearer flow (token from the realm, with Basic
-  credentials when there are some, cached per scope). Once a Bearer realm is known, tokens for
-  new scopes are fetched before the request, so each repository costs no extra 401 round trip.
+- Authentication (registry_auth.py): anonymous, then whatever the registry's
+  `WWW-Authenticate` asks for — Basic with the configured credentials, or Docker's Bearer flow
+  (token from the realm, with Basic credentials when there are some, cached per scope). Once a
+  Bearer realm is known, tokens for new scopes are fetched before the request, so each
+  repository costs no extra 401 round trip.
 - Transport (transport.py): HTTPS verified against the given CA (PEM) or the system store;
   `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` honoured; connection errors, timeouts, 429 and 5xx
   retried with exponential backoff and jitter, a bounded number of times, then
@@ -25,9 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,6 +40,7 @@ from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import MANIFEST_TYPES
 from appliance.sync.bandwidth import TokenBucket
+from appliance.sync.registry_auth import RegistryAuth
 from appliance.transport import (
     Peer,
     PeerError,
@@ -47,7 +48,7 @@ from appliance.transport import (
     Unreachable,
     backoff,
     first_error,
-    json_object,
+    json_answer,
 )
 
 CHUNK = 1024 * 1024
@@ -78,15 +79,6 @@ class FetchedManifest:
     body: bytes
     media_type: str
     digest: Digest
-
-
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """`Bearer realm="…",service="…",scope="…"` → ("bearer", {realm, service, scope})."""
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
 
 
 def next_link(header: str | None, base: str) -> str | None:
@@ -120,9 +112,6 @@ class RegistryClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.endpoint = self.base_url.split("://", 1)[-1]
-        self._basic = (
-            aiohttp.encode_basic_auth(username, password or "") if username is not None else None
-        )
         self._transport = Transport(
             self.base_url,
             upstream(self.endpoint),
@@ -132,9 +121,7 @@ class RegistryClient:
             retry_statuses=RETRY_STATUSES,
             first_byte=first_byte,
         )
-        self._tokens: dict[str, str] = {}
-        self._realm: dict[str, str] | None = None
-        self._use_basic = False
+        self._auth = RegistryAuth(self._transport, username, password)
         self._limiter = limiter
 
     @property
@@ -167,7 +154,7 @@ class RegistryClient:
                     return []
                 if response.status != 200:
                     raise await _refusal(response, f"tags of {name}")
-                page = await _json(response)
+                page = await json_answer(response)
                 tags += page.get("tags") or []
                 url = next_link(response.headers.get("Link"), url)
         return tags
@@ -190,7 +177,7 @@ class RegistryClient:
                     return None
                 if response.status != 200:
                     raise await _refusal(response, "_catalog")
-                names += (await _json(response)).get("repositories") or []
+                names += (await json_answer(response)).get("repositories") or []
                 url = next_link(response.headers.get("Link"), url)
         return names
 
@@ -274,7 +261,7 @@ class RegistryClient:
         headers = {"Accept": "application/vnd.oci.image.index.v1+json"}
         async with await self._send("GET", url, _pull(name), headers) as response:
             if response.status == 200:
-                return _descriptors(await _json(response))
+                return _descriptors(await json_answer(response))
             if response.status not in (404, 405, 400):
                 raise await _refusal(response, f"referrers of {name}@{subject}")
         fallback = await self.get_manifest(name, f"sha256-{subject.hex}")
@@ -371,7 +358,7 @@ class RegistryClient:
             )
         return urljoin(f"{self.base_url}/", location)
 
-    # -- authentication ---------------------------------------------------------------------
+    # -- sending --------------------------------------------------------------------------
 
     async def _send(
         self,
@@ -381,12 +368,12 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         body: Callable[[], Any] | None = None,
     ) -> aiohttp.ClientResponse:
-        """One request with auth, sent by the transport (trust, proxy, retries); the caller
-        reads and releases the response."""
+        """One request with the credentials `scope` needs (registry_auth.py), sent by the
+        transport (trust, proxy, retries); the caller reads and releases the response."""
         challenged = False
         while True:
             sent = dict(headers or {})
-            authorization = await self._authorization(scope)
+            authorization = await self._auth.authorization(scope)
             if authorization:
                 sent["Authorization"] = authorization
             response = await self._transport.send(method, url, sent, body)
@@ -394,7 +381,7 @@ class RegistryClient:
                 challenged = True
                 header = response.headers.get("WWW-Authenticate", "")
                 response.release()
-                if await self._answer_challenge(header, scope):
+                if await self._auth.answer(header, scope):
                     continue
                 raise RegistryError(
                     "UNAUTHORIZED",
@@ -402,56 +389,6 @@ class RegistryClient:
                     401,
                 )
             return response
-
-    async def _authorization(self, scope: str) -> str | None:
-        if self._use_basic:
-            return self._basic
-        token = self._tokens.get(scope)
-        if token is None and self._realm is not None:
-            token = await self._fetch_token(self._realm, scope)
-        return token
-
-    async def _answer_challenge(self, header: str, scope: str) -> bool:
-        """Prepare credentials for a retry after a 401; False when there is nothing to try."""
-        scheme, params = parse_challenge(header)
-        if scheme == "basic":
-            if self._basic is None or self._use_basic:
-                return False
-            self._use_basic = True
-            return True
-        if scheme == "bearer" and params.get("realm"):
-            self._realm = {"realm": params["realm"], "service": params.get("service", "")}
-            self._tokens.pop(scope, None)
-            await self._fetch_token(self._realm, scope, params.get("scope"))
-            return True
-        return False
-
-    async def _fetch_token(
-        self, realm: dict[str, str], scope: str, asked: str | None = None
-    ) -> str:
-        query: list[tuple[str, str]] = [("service", realm["service"])] if realm["service"] else []
-        # A scope key may name several scopes (a push that may mount from other repositories):
-        # the Docker token protocol repeats `scope=` for each.
-        query += [("scope", one) for one in (asked or scope).split(" ") if one]
-        headers = {"Authorization": self._basic} if self._basic else {}
-        service = replace(self._transport.peer, name=realm["realm"])
-        response = await self._transport.send(
-            "GET", realm["realm"], headers, params=query, tries=1, peer=service
-        )
-        async with response:
-            if response.status != 200:
-                raise RegistryError(
-                    "UNAUTHORIZED",
-                    f"the token service {realm['realm']} answered {response.status}",
-                    response.status,
-                )
-            document = await _json(response)
-        token = document.get("token") or document.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise RegistryError("UNAUTHORIZED", f"the token service {realm['realm']} sent no token")
-        self._tokens[scope] = f"Bearer {token}"
-        return self._tokens[scope]
-
 
 def _pull(name: str) -> str:
     return f"repository:{name}:pull"
@@ -504,13 +441,6 @@ def _descriptors(document: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(manifests, list):
         return []
     return [m for m in manifests if isinstance(m, dict) and isinstance(m.get("digest"), str)]
-
-
-async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
-    value = json_object(await response.read())
-    if value is None:
-        raise RegistryError("UNEXPECTED_RESPONSE", f"{response.url} sent no JSON object")
-    return value
 
 
 async def _refusal(response: aiohttp.ClientResponse, what: str) -> RegistryError:
