@@ -183,6 +183,11 @@ def reason(
     return str(err) or type(err).__name__
 
 
+def cannot_reach(peer: Peer, endpoint: str, why: str) -> Unreachable:
+    """No answer from `peer` at `endpoint` (HOST:PORT), `why` in a few words."""
+    return Unreachable(peer.unreachable, f"cannot reach {peer.name}: {why}", endpoint, why)
+
+
 async def backoff(attempt: int, retry_after: str | None = None) -> None:
     """Exponential with full jitter, so many devices coming back online do not retry in step."""
     delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
@@ -254,11 +259,8 @@ class Transport:
         self, err: BaseException | str, peer: Peer | None = None, first_byte: float | None = None
     ) -> Unreachable:
         """`err` (or a reason already in words) as the peer's Unreachable."""
-        peer = peer or self.peer
         why = err if isinstance(err, str) else reason(err, self.timeout, first_byte)
-        return Unreachable(
-            peer.unreachable, f"cannot reach {peer.name}: {why}", self.endpoint, why
-        )
+        return cannot_reach(peer or self.peer, self.endpoint, why)
 
     async def send(
         self,

@@ -40,6 +40,7 @@ from appliance.transport import (
     Transport,
     Unreachable,
     answered_without_tls,
+    cannot_reach,
     first_error,
     json_object,
     reason,
@@ -118,10 +119,7 @@ async def pinned_anchor(host: str, port: int, base_url: str, expected: str) -> b
     except (aiohttp.ClientError, OSError, TimeoutError) as err:
         if answered_without_tls(err):
             raise untrusted(peer, err) from None
-        why = reason(err, TIMEOUT)
-        raise ParentUnreachable(
-            PARENT_UNREACHABLE, f"cannot reach {peer.name}: {why}", endpoint, why
-        ) from None
+        raise cannot_reach(peer, endpoint, reason(err, TIMEOUT)) from None
     for certificate in candidates:
         if certificate_fingerprint(certificate) == expected:
             return certificate.public_bytes(serialization.Encoding.PEM)
