@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,17 +89,6 @@ def _is_dns_label(label: str) -> bool:
         and not label.startswith("-")
         and not label.endswith("-")
     )
-
-
-def client_trust(ca_pem: bytes | None = None) -> ssl.SSLContext:
-    """A client's TLS context verifying against `ca_pem` (PEM, one or more certificates), or the
-    system store when None. ValueError for PEM that holds no usable certificate."""
-    if ca_pem is None:
-        return ssl.create_default_context()
-    try:
-        return ssl.create_default_context(cadata=ca_pem.decode("ascii"))
-    except (ssl.SSLError, UnicodeDecodeError) as err:
-        raise ValueError(f"not a usable PEM CA certificate: {err}") from None
 
 
 def fingerprint(certificate: x509.Certificate) -> str:

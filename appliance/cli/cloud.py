@@ -38,8 +38,6 @@ from appliance.config import Config
 from appliance.control.connection_string import ConnectionStringError, parse_endpoint
 from appliance.control.hierarchy import (
     LOG_LEVELS,
-    MODES,
-    READ_WRITE,
     Hierarchy,
     HierarchyError,
     offline_after_from,
@@ -52,6 +50,7 @@ from appliance.control.management_client import (
 )
 from appliance.control.node import CLOUD, NodeState
 from appliance.control.root import ADMIN, Root, RootRefused, make_root
+from appliance.control.roles import MODES, READ_WRITE
 from appliance.control.schedule import CONTINUOUS, DEFAULT_TTL
 from appliance.storage.store import Store
 

@@ -28,6 +28,7 @@ from appliance.cli.sync import progress_line
 from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.control.local import live_status
 from appliance.control.node import CLOUD, CONNECTED, NodeState
+from appliance.control.roles import READ_WRITE
 from appliance.storage.store import Store
 from appliance.storage.uploads import ABANDONED_AFTER
 from appliance.sync.run import LAST_RUN
@@ -121,7 +122,7 @@ def _table(status: dict[str, Any]) -> str:
             ("Connection", _connection(status)),
         ]
     elif role == CLOUD:
-        fields.append(("Mode", "ReadWrite"))
+        fields.append(("Mode", READ_WRITE))
     if status["loginServer"]:
         fields.append(("Login server", status["loginServer"]))
     storage = status["storage"]

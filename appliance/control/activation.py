@@ -47,6 +47,7 @@ from appliance.control.gateway_client import (
 )
 from appliance.control.node import CLOUD, CONNECTED, NodeState, SyncCredential
 from appliance.control.relay import served_tokens
+from appliance.control.roles import MODES, READ_WRITE
 from appliance.storage.files import write_file
 from appliance.storage.layout import Layout, existing_state
 from appliance.storage.schema import write_transaction
@@ -189,7 +190,7 @@ async def activate(
             )
         return Activation(
             name=state["name"],
-            mode=state.get("mode", "ReadWrite"),
+            mode=state.get("mode", READ_WRITE),
             instance_id=state.get("instance_id", ""),
             login_server=state.get("login_server", login_server),
             parent=parent,
@@ -230,7 +231,7 @@ def _become(
     certificate_hosts: list[str],
 ) -> Activation:
     mode = settings.body.get("mode")
-    if mode not in ("ReadWrite", "ReadOnly"):
+    if mode not in MODES:
         raise ActivationError("UNEXPECTED_RESPONSE", f"the parent sent no valid mode: {mode!r}")
     # Client tokens, and the sync tokens of children created before this activation.
     tokens = served_tokens(settings.body)

@@ -1,9 +1,10 @@
 """The gateway API, child side (PROTOCOL.md §2-§3): what a connected registry asks its parent.
 
-One `GatewayClient` talks to one parent with the sync token's Basic credentials. Every refusal
-the parent sends (its OCI-style body) is raised as `GatewayError` with the parent's code and
-message; a parent that cannot be reached at all is `ParentUnreachable` (code
-`PARENT_UNREACHABLE`), so callers can tell "the parent said no" from "no parent answered".
+One `GatewayClient` talks to one parent with the sync token's Basic credentials, over the one
+transport (transport.py: trust, proxies, timeouts). Every refusal the parent sends (its
+OCI-style body) is raised as `GatewayError` with the parent's code and message; a parent that
+cannot be reached at all is `ParentUnreachable` (code `PARENT_UNREACHABLE`), so callers can tell
+"the parent said no" from "no parent answered".
 
 Trust in the parent's certificate, in this order: the CA in `Layout.parent_ca_cert` (pinned at
 activation, or copied there from `--ca-file`), else the system trust store. A connection string
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,37 +31,32 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 
-from appliance.auth.certificates import client_trust
 from appliance.auth.certificates import fingerprint as certificate_fingerprint
-from appliance.control.node import NodeState
+from appliance.control.parent import PARENT_UNREACHABLE, UNTRUSTED_PARENT, parent_of
 from appliance.storage.store import Store
-from appliance.sync.client import PLAIN_HTTP, answered_without_tls, environment_proxy, tls_reason
+from appliance.transport import (
+    Peer,
+    PeerError,
+    Transport,
+    Unreachable,
+    answered_without_tls,
+    cannot_reach,
+    first_error,
+    json_object,
+    reason,
+    untrusted,
+)
+from appliance.transport import read_ca_file as transport_read_ca_file
 
 # Every gateway answer is a small JSON document: a parent that takes 5 s to accept, or 5 s to
 # send a byte once asked, is taken as unreachable (a sync run against a black hole then ends in
 # about 5 s, not 15).
 TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5, sock_read=5)
-PARENT_UNREACHABLE = "PARENT_UNREACHABLE"
-UNTRUSTED_PARENT = "UNTRUSTED_PARENT"
 
-
-class GatewayError(Exception):
-    """The parent refused (its code and message), or could not be talked to."""
-
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
-
-
-class ParentUnreachable(GatewayError):
-    """No answer from the parent: connection refused, DNS, timeout."""
-
-    def __init__(self, endpoint: str, reason: str) -> None:
-        super().__init__(PARENT_UNREACHABLE, f"cannot reach the parent at {endpoint}: {reason}")
-        self.endpoint = endpoint
-        self.reason = reason
+# The control layer's names for the transport's one error type: the parent refused (its code
+# and message), or could not be talked to; or no answer came from it at all.
+GatewayError = PeerError
+ParentUnreachable = Unreachable
 
 
 @dataclass(frozen=True)
@@ -72,61 +67,33 @@ class Settings:
     etag: str | None
 
 
-def ssl_context(ca_pem: bytes | None = None) -> ssl.SSLContext:
-    """Verify against `ca_pem` (PEM, one or more certificates), or the system store if None."""
-    try:
-        return client_trust(ca_pem)
-    except ValueError as err:
-        raise GatewayError(UNTRUSTED_PARENT, str(err)) from None
+def parent_peer(endpoint: str) -> Peer:
+    """The parent's gateway at `endpoint` (HOST:PORT), in the words of its errors."""
+    return Peer(
+        name=f"the parent at {endpoint}",
+        unreachable=PARENT_UNREACHABLE,
+        untrusted=UNTRUSTED_PARENT,
+        trust_hint="give --ca-file, or a connection string with ParentCertificateFingerprint",
+        plain_http_hint=(
+            "serve it with TLS, or (a loopback parent, for development) use a connection "
+            "string with ParentEndpointProtocol=http"
+        ),
+    )
 
 
 def read_ca_file(path: Path) -> bytes:
     """The PEM certificates of a `--ca-file`, checked to parse; GatewayError otherwise."""
     try:
-        pem = path.read_bytes()
-        x509.load_pem_x509_certificates(pem)
-    except OSError as err:
-        message = f"cannot read CA file {path}: {err.strerror}"
-        raise GatewayError(UNTRUSTED_PARENT, message) from None
-    except ValueError:
-        raise GatewayError(UNTRUSTED_PARENT, f"{path} holds no PEM certificate") from None
-    return pem
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, aiohttp.ConnectionTimeoutError):
-        return f"no connection within {TIMEOUT.connect:.0f} s"
-    if isinstance(err, aiohttp.SocketTimeoutError):
-        return f"no answer within {TIMEOUT.sock_read:.0f} s"
-    if isinstance(err, TimeoutError):
-        return f"no answer within {TIMEOUT.total:.0f} s"
-    if isinstance(err, aiohttp.ClientConnectorError):
-        # asyncio's "Connect call failed (addr)" says less than the errno it carries.
-        if err.os_error.errno and err.os_error.errno > 0 and "Connect call" in str(err.strerror):
-            return os.strerror(err.os_error.errno)
-        return err.strerror or str(err.os_error) or type(err).__name__
-    return str(err) or type(err).__name__
-
-
-def _untrusted(endpoint: str, err: BaseException) -> GatewayError:
-    if answered_without_tls(err):
-        return GatewayError(
-            PLAIN_HTTP,
-            f"the parent at {endpoint} answers in plain HTTP, not HTTPS: serve it with TLS, or "
-            "(a loopback parent, for development) use a connection string with "
-            "ParentEndpointProtocol=http",
-        )
-    return GatewayError(
-        UNTRUSTED_PARENT,
-        f"the certificate of the parent at {endpoint} is not trusted ({tls_reason(err)}); "
-        "give --ca-file, or a connection string with ParentCertificateFingerprint",
-    )
+        return transport_read_ca_file(path)
+    except ValueError as err:
+        raise GatewayError(UNTRUSTED_PARENT, str(err)) from None
 
 
 async def pinned_anchor(host: str, port: int, base_url: str, expected: str) -> bytes:
     """The PEM certificate whose fingerprint is `expected`: the parent's CA (from
     `/gateway/v1/ca.crt`) or, self-signed, its server certificate. GatewayError otherwise."""
     endpoint = base_url.split("://", 1)[1]
+    peer = parent_peer(endpoint)
     insecure = ssl.create_default_context()
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE
@@ -151,8 +118,8 @@ async def pinned_anchor(host: str, port: int, base_url: str, expected: str) -> b
         candidates.append(x509.load_der_x509_certificate(der))
     except (aiohttp.ClientError, OSError, TimeoutError) as err:
         if answered_without_tls(err):
-            raise _untrusted(endpoint, err) from None
-        raise ParentUnreachable(endpoint, _reason(err)) from None
+            raise untrusted(peer, err) from None
+        raise cannot_reach(peer, endpoint, reason(err, TIMEOUT)) from None
     for certificate in candidates:
         if certificate_fingerprint(certificate) == expected:
             return certificate.public_bytes(serialization.Encoding.PEM)
@@ -179,39 +146,30 @@ class GatewayClient:
         self.base_url = base_url.rstrip("/")
         self.endpoint = self.base_url.split("://", 1)[1]
         self.registry_name = registry_name
-        self._authorization = aiohttp.encode_basic_auth(token, password)
-        self._ssl: ssl.SSLContext | bool = (
-            ssl_context(ca_pem) if self.base_url.startswith("https://") else False
+        self._transport = Transport(
+            self.base_url,
+            parent_peer(self.endpoint),
+            TIMEOUT,
+            ca_pem,
+            # Sent with every request (no 401 round trip first): an idle sync counts its requests.
+            headers={"Authorization": aiohttp.encode_basic_auth(token, password)},
         )
-        self._session: aiohttp.ClientSession | None = None
-        # The site's proxy, as the sync client uses it for /v2/ (HTTPS_PROXY, NO_PROXY).
-        self._proxy = environment_proxy(self.base_url)
-        # Every request sent (a sync run reports them: an idle device must cost almost none).
-        self.requests = 0
+
+    @property
+    def requests(self) -> int:
+        """Every request sent (a sync run reports them: an idle device must cost almost none)."""
+        return self._transport.requests
 
     @classmethod
     def for_node(cls, store: Store) -> GatewayClient:
         """The client of an activated node: parent, credential and trust from its state."""
-        state = NodeState(store)
-        endpoint, protocol = state.get("parent_endpoint"), state.get("parent_protocol")
-        credential = state.sync_credential()
-        name = state.get("name")
-        if not endpoint or not protocol or credential is None or not name:
-            raise GatewayError("NOT_ACTIVATED", "this node is not an activated connected registry")
-        anchor = store.layout.parent_ca_cert
+        parent = parent_of(store)
         return cls(
-            f"{protocol}://{endpoint}",
-            name,
-            credential.token,
-            credential.password,
-            anchor.read_bytes() if anchor.exists() else None,
+            parent.url, parent.registry_name, parent.token, parent.password, parent.ca_pem
         )
 
     async def __aenter__(self) -> GatewayClient:
-        # Sent with every request (no 401 round trip first): an idle sync counts its requests.
-        self._session = aiohttp.ClientSession(
-            timeout=TIMEOUT, headers={"Authorization": self._authorization}
-        )
+        await self._transport.__aenter__()
         return self
 
     async def __aexit__(
@@ -220,9 +178,7 @@ class GatewayClient:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._transport.__aexit__(kind, error, traceback)
 
     # -- the endpoints -------------------------------------------------------------------------
 
@@ -316,52 +272,33 @@ class GatewayClient:
         headers: dict[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, CIMultiDict[str], bytes]:
-        if self._session is None:
-            raise RuntimeError("use GatewayClient as `async with`")
         url = f"{self.base_url}/gateway/v1/registries/{registry}/{action}"
-        self.requests += 1
-        try:
-            async with self._session.request(
-                method,
-                url,
-                json=body,
-                data=data,
-                headers=headers,
-                ssl=self._ssl,
-                timeout=timeout or TIMEOUT,
-                proxy=self._proxy[0],
-                proxy_auth=self._proxy[1],
-            ) as response:
-                answer_data = await response.read()
-                status, answer = response.status, response.headers.copy()
-        except aiohttp.ClientConnectorCertificateError as err:
-            raise _untrusted(self.endpoint, err.certificate_error) from None
-        except aiohttp.ClientSSLError as err:
-            raise _untrusted(self.endpoint, err) from None
-        except (aiohttp.ClientError, OSError, TimeoutError) as err:
-            raise ParentUnreachable(self.endpoint, _reason(err)) from None
-        return status, answer, answer_data
+        sent = dict(headers or {})
+        if body is not None:
+            data = json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        payload = data
+        return await self._transport.fetch(
+            method, url, sent, (lambda: payload) if payload is not None else None, timeout=timeout
+        )
 
 
 def _json_object(data: bytes, endpoint: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
+    value = json_object(data)
+    if value is None:
         raise GatewayError("UNEXPECTED_RESPONSE", f"the parent at {endpoint} sent no JSON object")
     return value
 
 
 def _refusal(status: int, data: bytes, endpoint: str, action: str) -> GatewayError:
     """The parent's first OCI-style error, or a description of what came back instead."""
-    try:
-        error = json.loads(data)["errors"][0]
-        return GatewayError(str(error["code"]), str(error.get("message", "")), status)
-    except (ValueError, KeyError, IndexError, TypeError):
+    error = first_error(data)
+    if error is None:
         return GatewayError(
             "UNEXPECTED_RESPONSE",
             f"the parent at {endpoint} answered {status} to {action} without an error body: is "
             "it a connected-registry gateway?",
             status,
         )
+    code, message = error
+    return GatewayError(code, message, status)

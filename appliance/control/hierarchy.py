@@ -36,6 +36,7 @@ from appliance.auth.scopes import (
     validate_pattern,
 )
 from appliance.auth.tokens import CredentialError, Credentials, NotFound
+from appliance.control.roles import MODES, READ_ONLY, READ_WRITE
 from appliance.control.schedule import (
     CONTINUOUS,
     DEFAULT_TTL,
@@ -49,8 +50,6 @@ from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
 from appliance.sync.semver import SemverError, parse_range
 
-READ_WRITE, READ_ONLY = "ReadWrite", "ReadOnly"
-MODES = (READ_WRITE, READ_ONLY)
 LOG_LEVELS = ("Debug", "Information", "Warning", "Error", "None")
 ACTIVE, INACTIVE = "Active", "Inactive"
 ONLINE, OFFLINE, SYNCING, UNHEALTHY = "Online", "Offline", "Syncing", "Unhealthy"

@@ -2,9 +2,10 @@
 
 `LocalManagement` works on the root's own database (what `cloud …` does on the root itself, and
 what the management API's handlers call); `RemoteManagement` sends the same operations to a
-root's management API (`/manage/v1/connected-registries`) with the admin token's credentials.
-Both take and return the API's JSON shapes, so a caller renders one thing whichever way it went,
-and both refuse with `HierarchyError` (message, code, HTTP status).
+root's management API (`/manage/v1/connected-registries`) with the admin token's credentials,
+over the one transport (transport.py: trust, proxies, timeouts). Both take and return the API's
+JSON shapes, so a caller renders one thing whichever way it went, and both refuse with
+`HierarchyError` (message, code, HTTP status).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import ssl
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +32,14 @@ from appliance.control.connection_string import (
 from appliance.control.hierarchy import Hierarchy, HierarchyError
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
+from appliance.transport import (
+    Peer,
+    PeerError,
+    Transport,
+    Unreachable,
+    first_error,
+    read_ca_file,
+)
 
 API_PATH = "manage/v1/connected-registries"
 PROTOCOLS = ("https", "http")
@@ -337,33 +345,33 @@ class RemoteManagement(Management):
     async def _request(
         self, method: str, url: URL, body: Json | None, query: dict[str, str] | None
     ) -> Any:
-        verify: ssl.SSLContext | bool = True
+        ca_pem = None
         if self.ca_file is not None:
             try:
-                verify = ssl.create_default_context(cafile=str(self.ca_file))
-            except (OSError, ssl.SSLError) as err:
-                raise HierarchyError(f"cannot use CA file {self.ca_file}: {err}") from None
+                ca_pem = read_ca_file(self.ca_file)
+            except ValueError as err:
+                raise HierarchyError(str(err)) from None
+        headers = dict(self.headers)
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            async with (
-                aiohttp.ClientSession(timeout=self.timeout) as session,
-                session.request(
-                    method, url, json=body, params=query, headers=self.headers, ssl=verify
-                ) as response,
-            ):
-                status = response.status
-                text = await response.text()
-        except (aiohttp.ClientError, TimeoutError) as err:
-            raise HierarchyError(
-                f"cannot reach the root at {url.origin()}: {err or type(err).__name__}",
-                "UNREACHABLE",
-                503,
-            ) from None
+            async with Transport(
+                str(url.origin()), root_peer(str(url.origin())), self.timeout, ca_pem
+            ) as transport:
+                status, _, answer = await transport.fetch(
+                    method, url, headers, (lambda: payload) if payload else None, params=query
+                )
+        except PeerError as err:
+            unreachable = isinstance(err, Unreachable)
+            raise HierarchyError(err.message, err.code, 503 if unreachable else 502) from None
+        if status >= 400:
+            raise _refusal(status, answer, url)
         try:
-            data = json.loads(text) if text else None
+            data = json.loads(answer) if answer else None
         except ValueError:
             data = None
-        if status >= 400:
-            raise _refusal(status, data, url)
         if data is None:
             raise HierarchyError(f"{url.origin()} answered {status} without JSON", "UNKNOWN", 502)
         return data
@@ -411,14 +419,25 @@ class RemoteManagement(Management):
         return self._call("POST", self._url(name, "resync"))
 
 
-def _refusal(status: int, data: Any, url: URL) -> HierarchyError:
+def root_peer(origin: str) -> Peer:
+    """A root's management API at `origin` (scheme://host:port), in the words of its errors."""
+    return Peer(
+        name=f"the root at {origin}",
+        unreachable="UNREACHABLE",
+        untrusted="UNTRUSTED_ROOT",
+        trust_hint="give --ca-file with the root's CA certificate",
+        plain_http_hint="write its URL with http://, or serve it with TLS",
+    )
+
+
+def _refusal(status: int, answer: bytes, url: URL) -> HierarchyError:
     """The API's `{"errors": [{code, message}]}` as a HierarchyError."""
-    try:
-        error = data["errors"][0]
-        return HierarchyError(str(error["message"]), str(error["code"]), status)
-    except (TypeError, KeyError, IndexError):
-        if status == 404:
-            return HierarchyError(
-                f"{url.origin()} has no management API: is it a root?", "NAME_UNKNOWN", 404
-            )
-        return HierarchyError(f"{url.origin()} answered {status}", "UNKNOWN", status)
+    error = first_error(answer)
+    if error is not None:
+        code, message = error
+        return HierarchyError(message, code, status)
+    if status == 404:
+        return HierarchyError(
+            f"{url.origin()} has no management API: is it a root?", "NAME_UNKNOWN", 404
+        )
+    return HierarchyError(f"{url.origin()} answered {status}", "UNKNOWN", status)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.control.roles import CLOUD, CONNECTED  # noqa: F401 - re-exported
+from appliance.control.roles import CLOUD, CONNECTED, READ_WRITE  # noqa: F401 - re-exported
 from appliance.storage.files import write_file
 from appliance.storage.store import Store
 
@@ -60,7 +60,7 @@ class NodeState:
 
     @property
     def mode(self) -> str:
-        return self.get("mode") or "ReadWrite"
+        return self.get("mode") or READ_WRITE
 
     def instance_id(self) -> str:
         """Random, made once per data directory: two data directories are two instances."""

@@ -27,11 +27,11 @@ from appliance.auth.access import (
 from appliance.auth.bearer import InvalidToken, TokenAuthority
 from appliance.auth.scopes import CONTENT_DELETE, CONTENT_READ, CONTENT_WRITE, METADATA_READ
 from appliance.auth.tokens import Credentials
+from appliance.control.roles import READ_ONLY
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.names import NAME_RE, validate_name
 from appliance.registry.context import CATALOG, LOGIN, Handler, required_access, store_of
 
-READ_ONLY = "ReadOnly"
 READ_ACTIONS = frozenset({CONTENT_READ, METADATA_READ})
 
 

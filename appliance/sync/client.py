@@ -2,13 +2,14 @@
 token) and plain registries (CNCF distribution, Harbor, cloud registries).
 
 What a caller may rely on:
-- Authentication: anonymous, then whatever the registry's `WWW-Authenticate` asks for — Basic
-  with the configured credentials, or Docker's Bearer flow (token from the realm, with Basic
-  credentials when there are some, cached per scope). Once a Bearer realm is known, tokens for
-  new scopes are fetched before the request, so each repository costs no extra 401 round trip.
-- Transport: HTTPS verified against the given CA (PEM) or the system store; `HTTPS_PROXY` /
-  `HTTP_PROXY` / `NO_PROXY` honoured (looked up once per host); connection errors, timeouts,
-  429 and 5xx retried with exponential backoff and jitter, a bounded number of times, then
+- Authentication (registry_auth.py): anonymous, then whatever the registry's
+  `WWW-Authenticate` asks for — Basic with the configured credentials, or Docker's Bearer flow
+  (token from the realm, with Basic credentials when there are some, cached per scope). Once a
+  Bearer realm is known, tokens for new scopes are fetched before the request, so each
+  repository costs no extra 401 round trip.
+- Transport (transport.py): HTTPS verified against the given CA (PEM) or the system store;
+  `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` honoured; connection errors, timeouts, 429 and 5xx
+  retried with exponential backoff and jitter, a bounded number of times, then
   `UpstreamUnreachable`.
 - Integrity: a manifest fetched by digest is checked against that digest, one fetched by tag
   against `Docker-Content-Digest` when the registry sends it. Blobs are streamed unverified: the
@@ -25,63 +26,52 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-import re
-import ssl
-import urllib.request
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin
 
 import aiohttp
-from yarl import URL
 
-from appliance.auth.certificates import client_trust
 from appliance.bodies import body_pieces
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import MANIFEST_TYPES
 from appliance.sync.bandwidth import TokenBucket
+from appliance.sync.registry_auth import RegistryAuth
+from appliance.transport import (
+    Peer,
+    PeerError,
+    Transport,
+    Unreachable,
+    backoff,
+    first_error,
+    json_answer,
+)
 
 CHUNK = 1024 * 1024
 TRIES = 5
-BACKOFF_BASE = 0.25
-BACKOFF_MAX = 8.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # No total limit: a multi-GiB blob may take an hour on a slow link; a stalled one may not.
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=60)
 ACCEPT_MANIFESTS = ", ".join(sorted(MANIFEST_TYPES))
 UNTRUSTED_UPSTREAM = "UNTRUSTED_UPSTREAM"
-PLAIN_HTTP = "PLAIN_HTTP"
 UPSTREAM_UNREACHABLE = "UPSTREAM_UNREACHABLE"
 
-
-class RegistryError(Exception):
-    """The upstream refused (its OCI error code and message) or answered nonsense."""
-
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
+# The sync layer's names for the transport's one error type: the upstream refused (its OCI
+# error code and message) or answered nonsense; or no usable answer came after every retry.
+RegistryError = PeerError
+UpstreamUnreachable = Unreachable
 
 
-class UpstreamUnreachable(RegistryError):
-    """No usable answer after every retry: refused connections, DNS, timeouts, 5xx."""
-
-    def __init__(self, endpoint: str, reason: str) -> None:
-        super().__init__(UPSTREAM_UNREACHABLE, f"cannot reach {endpoint}: {reason}")
-
-
-class RangeIgnored(RegistryError):
+class RangeIgnored(PeerError):
     """The upstream answered a `Range` request with the whole blob (200): the bytes the caller
     holds cannot be continued, only thrown away and fetched again from zero."""
 
-    def __init__(self, endpoint: str, digest: Digest) -> None:
-        super().__init__("RANGE_UNSUPPORTED", f"{endpoint} ignored Range for blob {digest}")
+    def __init__(self, message: str) -> None:
+        super().__init__("RANGE_UNSUPPORTED", message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,32 +79,6 @@ class FetchedManifest:
     body: bytes
     media_type: str
     digest: Digest
-
-
-# A proxy URL and its credentials, or (None, None): no proxy.
-Proxy = tuple[str | None, aiohttp.BasicAuth | None]
-
-
-def environment_proxy(url: str) -> Proxy:
-    """The environment's proxy for `url` (HTTPS_PROXY, HTTP_PROXY, with NO_PROXY, as the
-    standard library reads them) and its credentials; (None, None) to connect directly."""
-    parts = urlsplit(url)
-    found = urllib.request.getproxies().get(parts.scheme)
-    if not found or (parts.hostname and urllib.request.proxy_bypass(parts.hostname)):
-        return None, None
-    proxy = URL(found)
-    if proxy.user is None:
-        return str(proxy), None
-    return str(proxy.with_user(None)), aiohttp.BasicAuth(proxy.user, proxy.password or "")
-
-
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """`Bearer realm="…",service="…",scope="…"` → ("bearer", {realm, service, scope})."""
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
 
 
 def next_link(header: str | None, base: str) -> str | None:
@@ -148,39 +112,24 @@ class RegistryClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.endpoint = self.base_url.split("://", 1)[-1]
-        self._basic = (
-            aiohttp.encode_basic_auth(username, password or "") if username is not None else None
+        self._transport = Transport(
+            self.base_url,
+            upstream(self.endpoint),
+            timeout,
+            ca_pem,
+            tries=tries,
+            retry_statuses=RETRY_STATUSES,
+            first_byte=first_byte,
         )
-        self._ssl: ssl.SSLContext | bool = True
-        if self.base_url.startswith("https://"):
-            try:
-                self._ssl = client_trust(ca_pem)
-            except ValueError as err:
-                raise RegistryError(UNTRUSTED_UPSTREAM, f"{self.endpoint}: {err}") from None
-        self._tries = tries
-        self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._tokens: dict[str, str] = {}
-        # The proxy for each scheme://host this client talks to, looked up once.
-        self._proxies: dict[tuple[str, str], Proxy] = {}
-        self._realm: dict[str, str] | None = None
-        self._use_basic = False
+        self._auth = RegistryAuth(self._transport, username, password)
         self._limiter = limiter
-        self._first_byte = first_byte
-        self.requests = 0
 
-    def _proxy(self, url: str) -> Proxy:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.hostname or "")
-        if key not in self._proxies:
-            self._proxies[key] = environment_proxy(url)
-        return self._proxies[key]
+    @property
+    def requests(self) -> int:
+        return self._transport.requests
 
     async def __aenter__(self) -> RegistryClient:
-        # HTTP(S)_PROXY / NO_PROXY are honoured through `_proxy` (sites often reach the cloud
-        # through a proxy), not aiohttp's trust_env: that also looks for a .netrc in a worker
-        # thread on every request, which doubled the client's CPU on a reconcile of many tags.
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        await self._transport.__aenter__()
         return self
 
     async def __aexit__(
@@ -189,9 +138,7 @@ class RegistryClient:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._transport.__aexit__(kind, error, traceback)
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -207,7 +154,7 @@ class RegistryClient:
                     return []
                 if response.status != 200:
                     raise await _refusal(response, f"tags of {name}")
-                page = await _json(response)
+                page = await json_answer(response)
                 tags += page.get("tags") or []
                 url = next_link(response.headers.get("Link"), url)
         return tags
@@ -230,7 +177,7 @@ class RegistryClient:
                     return None
                 if response.status != 200:
                     raise await _refusal(response, "_catalog")
-                names += (await _json(response)).get("repositories") or []
+                names += (await json_answer(response)).get("repositories") or []
                 url = next_link(response.headers.get("Link"), url)
         return names
 
@@ -291,7 +238,7 @@ class RegistryClient:
                     expected_status = 206 if offset else 200
                     if response.status != expected_status:
                         if offset and response.status == 200:
-                            raise RangeIgnored(self.endpoint, digest)
+                            raise RangeIgnored(f"{self.endpoint} ignored Range for blob {digest}")
                         raise await _refusal(response, f"blob {name}@{digest}")
                     # A zero-byte blob's response has aiohttp's shared empty payload, which
                     # iter_chunks never finishes: body_pieces ends at EOF.
@@ -303,9 +250,9 @@ class RegistryClient:
                     return
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as err:
                 failures += 1
-                if failures >= self._tries:
-                    raise UpstreamUnreachable(self.endpoint, _reason(err)) from None
-                await _backoff(failures)
+                if failures >= self._transport.tries:
+                    raise self._transport.unreachable(err) from None
+                await backoff(failures)
 
     async def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
         """Descriptors of the manifests whose subject is `subject`. Registries without the
@@ -314,7 +261,7 @@ class RegistryClient:
         headers = {"Accept": "application/vnd.oci.image.index.v1+json"}
         async with await self._send("GET", url, _pull(name), headers) as response:
             if response.status == 200:
-                return _descriptors(await _json(response))
+                return _descriptors(await json_answer(response))
             if response.status not in (404, 405, 400):
                 raise await _refusal(response, f"referrers of {name}@{subject}")
         fallback = await self.get_manifest(name, f"sha256-{subject.hex}")
@@ -411,7 +358,7 @@ class RegistryClient:
             )
         return urljoin(f"{self.base_url}/", location)
 
-    # -- transport -------------------------------------------------------------------------
+    # -- sending --------------------------------------------------------------------------
 
     async def _send(
         self,
@@ -421,127 +368,27 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         body: Callable[[], Any] | None = None,
     ) -> aiohttp.ClientResponse:
-        """One request with auth and retries; the caller reads and releases the response.
-        `body` makes the request body afresh for each attempt (a stream cannot be re-sent)."""
-        if self._session is None:
-            raise RuntimeError("use RegistryClient as `async with`")
-        attempt, challenged = 0, False
+        """One request with the credentials `scope` needs (registry_auth.py), sent by the
+        transport (trust, proxy, retries); the caller reads and releases the response."""
+        challenged = False
         while True:
             sent = dict(headers or {})
-            proxy, proxy_auth = self._proxy(url)
-            authorization = await self._authorization(scope)
+            authorization = await self._auth.authorization(scope)
             if authorization:
                 sent["Authorization"] = authorization
-            # A request with a body has its headers only once the body is sent: not bounded.
-            first_byte = self._first_byte if body is None else None
-            try:
-                async with asyncio.timeout(first_byte):
-                    response = await self._session.request(
-                        method,
-                        url,
-                        headers=sent,
-                        ssl=self._ssl,
-                        data=body() if body else None,
-                        proxy=proxy,
-                        proxy_auth=proxy_auth,
-                    )
-            except aiohttp.ClientConnectorCertificateError as err:
-                raise _untrusted(self.endpoint, err.certificate_error) from None
-            except aiohttp.ClientSSLError as err:
-                raise _untrusted(self.endpoint, err) from None
-            except (aiohttp.ClientConnectionError, TimeoutError) as err:
-                attempt += 1
-                if attempt >= self._tries:
-                    raise UpstreamUnreachable(self.endpoint, _reason(err)) from None
-                await _backoff(attempt)
-                continue
-            finally:
-                self.requests += 1
+            response = await self._transport.send(method, url, sent, body)
             if response.status == 401 and not challenged:
                 challenged = True
                 header = response.headers.get("WWW-Authenticate", "")
                 response.release()
-                if await self._answer_challenge(header, scope):
+                if await self._auth.answer(header, scope):
                     continue
                 raise RegistryError(
                     "UNAUTHORIZED",
                     f"{self.endpoint} refused our credentials for {scope or url}",
                     401,
                 )
-            if response.status in RETRY_STATUSES:
-                attempt += 1
-                if attempt < self._tries:
-                    response.release()
-                    await _backoff(attempt, response.headers.get("Retry-After"))
-                    continue
-                response.release()
-                raise UpstreamUnreachable(
-                    self.endpoint, f"answered {response.status} {attempt} times to {method} {url}"
-                )
             return response
-
-    async def _authorization(self, scope: str) -> str | None:
-        if self._use_basic:
-            return self._basic
-        token = self._tokens.get(scope)
-        if token is None and self._realm is not None:
-            token = await self._fetch_token(self._realm, scope)
-        return token
-
-    async def _answer_challenge(self, header: str, scope: str) -> bool:
-        """Prepare credentials for a retry after a 401; False when there is nothing to try."""
-        scheme, params = parse_challenge(header)
-        if scheme == "basic":
-            if self._basic is None or self._use_basic:
-                return False
-            self._use_basic = True
-            return True
-        if scheme == "bearer" and params.get("realm"):
-            self._realm = {"realm": params["realm"], "service": params.get("service", "")}
-            self._tokens.pop(scope, None)
-            await self._fetch_token(self._realm, scope, params.get("scope"))
-            return True
-        return False
-
-    async def _fetch_token(
-        self, realm: dict[str, str], scope: str, asked: str | None = None
-    ) -> str:
-        assert self._session is not None
-        query: list[tuple[str, str]] = [("service", realm["service"])] if realm["service"] else []
-        # A scope key may name several scopes (a push that may mount from other repositories):
-        # the Docker token protocol repeats `scope=` for each.
-        query += [("scope", one) for one in (asked or scope).split(" ") if one]
-        headers = {"Authorization": self._basic} if self._basic else {}
-        proxy, proxy_auth = self._proxy(realm["realm"])
-        try:
-            async with asyncio.timeout(self._first_byte):
-                response = await self._session.get(
-                    realm["realm"],
-                    params=query,
-                    headers=headers,
-                    ssl=self._ssl,
-                    proxy=proxy,
-                    proxy_auth=proxy_auth,
-                )
-            async with response:
-                self.requests += 1
-                if response.status != 200:
-                    raise RegistryError(
-                        "UNAUTHORIZED",
-                        f"the token service {realm['realm']} answered {response.status}",
-                        response.status,
-                    )
-                document = await _json(response)
-        except aiohttp.ClientSSLError as err:
-            raise _untrusted(self.endpoint, err) from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as err:
-            raise UpstreamUnreachable(realm["realm"], _reason(err)) from None
-        token = document.get("token") or document.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise RegistryError("UNAUTHORIZED", f"the token service {realm['realm']} sent no token")
-        self._tokens[scope] = f"Bearer {token}"
-        return self._tokens[scope]
-
 
 def _pull(name: str) -> str:
     return f"repository:{name}:pull"
@@ -569,45 +416,14 @@ async def _file_chunks(
         handle.close()
 
 
-async def _backoff(attempt: int, retry_after: str | None = None) -> None:
-    """Exponential with full jitter, so many devices coming back online do not retry in step."""
-    delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
-    if retry_after and retry_after.isdigit():
-        delay = max(delay, min(float(retry_after), BACKOFF_MAX))
-    await asyncio.sleep(delay)
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    if isinstance(err, aiohttp.ClientConnectorError):
-        return err.strerror or str(err.os_error) or type(err).__name__
-    return str(err) or type(err).__name__
-
-
-def answered_without_tls(err: BaseException) -> bool:
-    """Whether a TLS handshake failed because the other end does not speak TLS: a plain-HTTP
-    server's answer read as a TLS record."""
-    cause = err.os_error if isinstance(err, aiohttp.ClientConnectorError) else err
-    return isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER"
-
-
-def tls_reason(err: BaseException) -> str:
-    """The TLS failure itself, without aiohttp's wrapping (which prints the SSL context)."""
-    cause = err.os_error if isinstance(err, aiohttp.ClientConnectorError) else err
-    return str(cause) or type(cause).__name__
-
-
-def _untrusted(endpoint: str, err: BaseException) -> RegistryError:
-    if answered_without_tls(err):
-        return RegistryError(
-            PLAIN_HTTP,
-            f"{endpoint} answers in plain HTTP, not HTTPS: write its url with http:// (a "
-            "loopback registry), or serve it with TLS",
-        )
-    return RegistryError(
-        UNTRUSTED_UPSTREAM,
-        f"the certificate of {endpoint} is not trusted ({tls_reason(err)}); give a CA file",
+def upstream(endpoint: str) -> Peer:
+    """An upstream registry, in the words of its errors."""
+    return Peer(
+        name=endpoint,
+        unreachable=UPSTREAM_UNREACHABLE,
+        untrusted=UNTRUSTED_UPSTREAM,
+        trust_hint="give a CA file",
+        plain_http_hint="write its url with http:// (a loopback registry), or serve it with TLS",
     )
 
 
@@ -627,25 +443,12 @@ def _descriptors(document: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in manifests if isinstance(m, dict) and isinstance(m.get("digest"), str)]
 
 
-async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
-    try:
-        value = json.loads(await response.read())
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise RegistryError("UNEXPECTED_RESPONSE", f"{response.url} sent no JSON object")
-    return value
-
-
 async def _refusal(response: aiohttp.ClientResponse, what: str) -> RegistryError:
     """The upstream's first OCI error, or its status when it sent none."""
-    data = await response.read()
-    try:
-        error = json.loads(data)["errors"][0]
-        return RegistryError(
-            str(error["code"]), f"{what}: {error.get('message', '')}", response.status
-        )
-    except (ValueError, KeyError, IndexError, TypeError):
+    error = first_error(await response.read())
+    if error is None:
         return RegistryError(
             "UNEXPECTED_RESPONSE", f"{what}: HTTP {response.status}", response.status
         )
+    code, message = error
+    return RegistryError(code, f"{what}: {message}", response.status)

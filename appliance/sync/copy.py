@@ -53,6 +53,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from appliance.control.roles import READ_ONLY
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
@@ -75,7 +76,6 @@ PARALLEL_TAGS = 8
 # waits for others to share its commit: one fsync per batch instead of one per tag.
 TAG_BATCH = 256
 TAG_BATCH_WAIT = 1.0
-READ_ONLY = "ReadOnly"
 
 T = TypeVar("T")
 

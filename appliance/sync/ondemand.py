@@ -58,6 +58,7 @@ from aiohttp import web
 
 from appliance.auth.scopes import matches
 from appliance.control.node import CONNECTED, NodeState
+from appliance.control.roles import READ_ONLY
 from appliance.control.schedule import ScheduleError
 from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
@@ -72,7 +73,7 @@ from appliance.sync.client import (
     UpstreamUnreachable,
 )
 from appliance.sync.content import TagFilter
-from appliance.sync.copy import PARALLEL_BLOBS, READ_ONLY, RepositoryCopy
+from appliance.sync.copy import PARALLEL_BLOBS, RepositoryCopy
 from appliance.sync.download import BlobDownload, WindowClosed
 from appliance.sync.schedule import Deadline, Window, utc_now, window_at
 from appliance.sync.sources import Source, SyncError, parent_source

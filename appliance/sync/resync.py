@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.control.hierarchy import READ_WRITE
 from appliance.control.node import CONNECTED, NodeState
+from appliance.control.roles import READ_WRITE
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
 from appliance.sync.push import RECONCILE

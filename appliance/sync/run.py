@@ -71,9 +71,11 @@ from appliance.auth.scopes import matches
 from appliance.auth.tokens import CredentialError, Credentials
 from appliance.config import Config
 from appliance.control.gateway_client import GatewayClient, GatewayError, ParentUnreachable
-from appliance.control.hierarchy import CONFLICT_DETAIL, OFFLINE, ONLINE, READ_WRITE, SYNCING
+from appliance.control.hierarchy import CONFLICT_DETAIL, OFFLINE, ONLINE, SYNCING
 from appliance.control.node import CONNECTED, NodeState
+from appliance.control.parent import PARENT_UNREACHABLE
 from appliance.control.relay import served_tokens
+from appliance.control.roles import READ_WRITE
 from appliance.control.schedule import ScheduleError
 from appliance.oci.errors import OCIError
 from appliance.storage.schema import write_transaction
@@ -98,7 +100,6 @@ from appliance.system.logs import fields, run_context
 
 log = logging.getLogger(__name__)
 
-PARENT_UNREACHABLE = "PARENT_UNREACHABLE"
 # node_state key: the parent's change-feed position this node has applied.
 CHANGES_CURSOR = "changes_cursor"
 # node_state key: the last run that was not dry, summed up (Progress.summary) for `status`.

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import Config
-from appliance.control.node import NodeState
+from appliance.control.parent import parent_of
 from appliance.storage.store import Store
 from appliance.sync.bandwidth import limiter_for
 from appliance.sync.client import RegistryClient
 from appliance.sync.content import ScopeError, TagFilter
+from appliance.transport import PeerError
 
 
 class SyncError(Exception):
@@ -53,12 +54,10 @@ def parent_source(
 ) -> Source:
     """The parent as an upstream, scoped by `settings` (the ones this run fetched or cached),
     its transfers paced by `bandwidth_limit` (bytes/second, the config's)."""
-    node = NodeState(store)
-    endpoint, protocol = node.get("parent_endpoint"), node.get("parent_protocol")
-    credential = node.sync_credential()
-    if not endpoint or not protocol or credential is None:
-        raise SyncError("NOT_ACTIVATED: the parent or the sync token is missing from the state")
-    anchor = store.layout.parent_ca_cert
+    try:
+        parent = parent_of(store)
+    except PeerError as err:
+        raise SyncError(f"{err.code}: {err.message}") from None
     try:
         tag_filter = TagFilter.of(
             settings.get("tagInclude"), settings.get("tagExclude"), settings.get("tagSemver")
@@ -66,13 +65,13 @@ def parent_source(
     except ScopeError as err:
         raise SyncError(f"SETTINGS_INVALID: the parent's {err}") from None
     return Source(
-        label=f"parent {endpoint}",
-        url=f"{protocol}://{endpoint}",
+        label=f"parent {parent.endpoint}",
+        url=parent.url,
         repositories=list(settings.get("repositories") or []),
         tag_filter=tag_filter,
-        username=credential.token,
-        password=credential.password,
-        ca_pem=anchor.read_bytes() if anchor.exists() else None,
+        username=parent.token,
+        password=parent.password,
+        ca_pem=parent.ca_pem,
         is_parent=True,
         bandwidth_limit=bandwidth_limit,
     )

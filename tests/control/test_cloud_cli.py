@@ -724,7 +724,8 @@ def test_the_remote_path_trusts_a_self_signed_root_with_its_ca_file(
         "cloud", "list", *remote, "--ca-file", str(layout.tls_ca_cert), local=False
     ) == []
     line = node.refused("cloud", "list", *remote, local=False)
-    assert line.startswith("Error: UNREACHABLE: cannot reach the root") and "certificate" in line
+    assert line.startswith(f"Error: UNTRUSTED_ROOT: the certificate of the root at {url} is not")
+    assert line.endswith("give --ca-file with the root's CA certificate"), line
     settings = node.json("cloud", "create", "edge01", "--repository", "a")
     assert settings["name"] == "edge01"
     pinned = node.json(

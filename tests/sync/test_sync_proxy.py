@@ -1,5 +1,6 @@
 """Sites reach their upstream through a proxy: `sync` honours HTTP(S)_PROXY and NO_PROXY, and a
-proxy that corrupts what passes through is caught by the digests — nothing bad is stored.
+proxy that corrupts what passes through is caught by the digests — nothing bad is stored. Every
+outgoing call goes the same way (transport.py): the gateway and a root's management API too.
 
 The proxy is a real forward proxy on loopback (absolute-form request targets, as clients send
 them to an HTTP proxy), in the test process; the upstream is Debian's `docker-registry`."""
@@ -7,6 +8,7 @@ them to an HTTP proxy), in the test process; the upstream is Debian's `docker-re
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -190,3 +192,43 @@ async def test_a_device_reaches_its_parent_through_the_proxy_for_the_gateway_too
         assert any(s.endswith("/status") for s in gateway), proxy.seen
     finally:
         root.store.close()
+
+
+async def command_through(*args: str, **env: str) -> tuple[int, str, str]:
+    """`connected-registry ARGS` in a child process with `env`: exit code, stdout, stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "appliance",
+        *args,
+        env={**clean_env(), **env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_the_cloud_commands_reach_a_remote_root_through_the_proxy(
+    start_registry: Callable, tmp_path: Path
+) -> None:
+    data = tmp_path / "root"
+    server = start_registry(data_dir=data, args=["--auth", "--insecure-http"])
+    code, out, err = await command_through(
+        "cloud", "init", "--login-server", server.host, "--data-dir", str(data), "--output", "json"
+    )
+    assert code == 0, err
+    password = json.loads(out)["adminToken"]["passwords"][0]["value"]
+    proxy = await ForwardProxy().start()
+    try:
+        code, out, err = await command_through(
+            "cloud", "list", "--registry", server.url, "--password", password, "--output", "json",
+            HTTP_PROXY=proxy.url, NO_PROXY="",
+        )
+    finally:
+        await proxy.stop()
+    assert code == 0, err
+    assert json.loads(out) == []
+    assert proxy.seen == ["GET /manage/v1/connected-registries"]
