@@ -29,7 +29,7 @@ from appliance.control.connection_string import (
     is_loopback,
     parse_endpoint,
 )
-from appliance.control.hierarchy import Hierarchy, HierarchyError
+from appliance.control.hierarchy import INVALID, Hierarchy, HierarchyError
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
 
@@ -115,13 +115,17 @@ class Management(ABC):
 def _arguments(body: Any, fields: dict[str, tuple[str, type]], what: str) -> dict[str, Any]:
     """A JSON body as keyword arguments; unknown fields and wrong types are refused by name."""
     if not isinstance(body, dict):
-        raise HierarchyError(f"the {what} body must be a JSON object")
+        raise HierarchyError(INVALID, f"the {what} body must be a JSON object")
     arguments: dict[str, Any] = {}
     for key, value in body.items():
         if key not in fields:
             if key in IMMUTABLE:
-                raise HierarchyError(f"{key} can't be changed after the connected registry is made")
-            raise HierarchyError(f"unknown field {key!r}; the fields are {', '.join(fields)}")
+                raise HierarchyError(
+                    INVALID, f"{key} can't be changed after the connected registry is made"
+                )
+            raise HierarchyError(
+                INVALID, f"unknown field {key!r}; the fields are {', '.join(fields)}"
+            )
         if value is None:
             continue
         argument, kind = fields[key]
@@ -129,7 +133,7 @@ def _arguments(body: Any, fields: dict[str, tuple[str, type]], what: str) -> dic
             kind is list and not all(isinstance(v, str) for v in value)
         ):
             expected = "a list of strings" if kind is list else "a string"
-            raise HierarchyError(f"{key} must be {expected}")
+            raise HierarchyError(INVALID, f"{key} must be {expected}")
         arguments[argument] = value
     return arguments
 
@@ -140,9 +144,9 @@ def _as_hierarchy_errors():
     try:
         yield
     except NotFound as err:
-        raise HierarchyError(str(err), "NAME_UNKNOWN", 404) from None
+        raise HierarchyError("NAME_UNKNOWN", str(err), 404) from None
     except (CredentialError, CertificateError, ConnectionStringError) as err:
-        raise HierarchyError(str(err)) from None
+        raise HierarchyError(INVALID, str(err)) from None
 
 
 class LocalManagement(Management):
@@ -158,7 +162,7 @@ class LocalManagement(Management):
     def create(self, body: Json) -> Json:
         arguments = _arguments(body, CREATE_FIELDS, "create")
         if "name" not in arguments:
-            raise HierarchyError("a connected registry needs a name")
+            raise HierarchyError(INVALID, "a connected registry needs a name")
         self._refuse_admin_token(arguments.get("client_tokens", []))
         with _as_hierarchy_errors():
             return self.hierarchy.to_json(self.hierarchy.create(**arguments))
@@ -168,7 +172,9 @@ class LocalManagement(Management):
         # root's admin credential must never leave the root.
         admin = self.state.get("admin_token")
         if admin in client_tokens:
-            raise HierarchyError(f"{admin!r} is this root's admin token, not a client token")
+            raise HierarchyError(
+                INVALID, f"{admin!r} is this root's admin token, not a client token"
+            )
 
     def list(self, parent: str | None = None, no_children: bool = False) -> list[Json]:
         return [self.hierarchy.to_json(cr) for cr in self.hierarchy.list(parent, no_children)]
@@ -196,18 +202,21 @@ class LocalManagement(Management):
         """The connection string of PROTOCOL.md §1. Everything is checked before a password is
         rotated, so a refused call leaves the device's current password working."""
         if parent_protocol not in PROTOCOLS:
-            raise HierarchyError(f"parentProtocol must be https or http, not {parent_protocol!r}")
+            raise HierarchyError(
+                INVALID, f"parentProtocol must be https or http, not {parent_protocol!r}"
+            )
         # `True` is an int in Python, and not a password number.
         if generate_password is not None and (
             isinstance(generate_password, bool) or generate_password not in (1, 2)
         ):
-            raise HierarchyError("generatePassword must be 1, 2 or null")
+            raise HierarchyError(INVALID, "generatePassword must be 1, 2 or null")
         cr = self.hierarchy.get(name)
         endpoint = self._parent_endpoint(cr.parent)
         with _as_hierarchy_errors():
             host, port = parse_endpoint(endpoint)
         if parent_protocol == "http" and not is_loopback(host):
             raise HierarchyError(
+                INVALID,
                 f"parent protocol http is only allowed for a loopback parent, and {endpoint} is "
                 "not one: use https"
             )
@@ -249,6 +258,7 @@ class LocalManagement(Management):
             login_server = self.state.get("login_server")
             if not login_server:
                 raise HierarchyError(
+                    INVALID,
                     "this root has no login server: run `connected-registry cloud init "
                     "--login-server HOST:PORT`"
                 )
@@ -256,9 +266,9 @@ class LocalManagement(Management):
         login_server = self.hierarchy.get(parent).login_server
         if not login_server:
             raise HierarchyError(
+                "PARENT_NOT_ACTIVATED",
                 f"parent {parent!r} has not reported a login server yet: activate the parent "
                 "first, then get the settings of its children",
-                "PARENT_NOT_ACTIVATED",
                 409,
             )
         # A device reports HOST or HOST:PORT; without a port it serves HTTPS's.
@@ -281,7 +291,9 @@ class LocalManagement(Management):
 
     def update_permissions(self, name: str, add: list[str], remove: list[str]) -> Json:
         if not add and not remove:
-            raise HierarchyError("nothing to change: give repositories to add or to remove")
+            raise HierarchyError(
+                INVALID, "nothing to change: give repositories to add or to remove"
+            )
         with _as_hierarchy_errors():
             self.hierarchy.update_permissions(name, add, remove)
         return self.permissions(name)
@@ -342,7 +354,7 @@ class RemoteManagement(Management):
             try:
                 verify = ssl.create_default_context(cafile=str(self.ca_file))
             except (OSError, ssl.SSLError) as err:
-                raise HierarchyError(f"cannot use CA file {self.ca_file}: {err}") from None
+                raise HierarchyError(INVALID, f"cannot use CA file {self.ca_file}: {err}") from None
         try:
             async with (
                 aiohttp.ClientSession(timeout=self.timeout) as session,
@@ -354,8 +366,8 @@ class RemoteManagement(Management):
                 text = await response.text()
         except (aiohttp.ClientError, TimeoutError) as err:
             raise HierarchyError(
-                f"cannot reach the root at {url.origin()}: {err or type(err).__name__}",
                 "UNREACHABLE",
+                f"cannot reach the root at {url.origin()}: {err or type(err).__name__}",
                 503,
             ) from None
         try:
@@ -365,7 +377,7 @@ class RemoteManagement(Management):
         if status >= 400:
             raise _refusal(status, data, url)
         if data is None:
-            raise HierarchyError(f"{url.origin()} answered {status} without JSON", "UNKNOWN", 502)
+            raise HierarchyError("UNKNOWN", f"{url.origin()} answered {status} without JSON", 502)
         return data
 
     def create(self, body: Json) -> Json:
@@ -415,10 +427,10 @@ def _refusal(status: int, data: Any, url: URL) -> HierarchyError:
     """The API's `{"errors": [{code, message}]}` as a HierarchyError."""
     try:
         error = data["errors"][0]
-        return HierarchyError(str(error["message"]), str(error["code"]), status)
+        return HierarchyError(str(error["code"]), str(error["message"]), status)
     except (TypeError, KeyError, IndexError):
         if status == 404:
             return HierarchyError(
-                f"{url.origin()} has no management API: is it a root?", "NAME_UNKNOWN", 404
+                "NAME_UNKNOWN", f"{url.origin()} has no management API: is it a root?", 404
             )
-        return HierarchyError(f"{url.origin()} answered {status}", "UNKNOWN", status)
+        return HierarchyError("UNKNOWN", f"{url.origin()} answered {status}", status)
