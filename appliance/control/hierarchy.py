@@ -1,4 +1,5 @@
-"""Connected-registry resources on a root, and the rules of the hierarchy.
+"""Connected-registry resources on a root, and the rules of the hierarchy (kept by
+`storage/hierarchy.py`; repository coverage is `control/coverage.py`'s).
 
 A resource is what `az acr connected-registry` manages: a name unique in the hierarchy, a mode,
 a parent (none: the root itself), the repositories it replicates, its schedule, window, message
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import re
 from dataclasses import replace
@@ -32,10 +32,10 @@ from appliance.auth.scopes import (
     GatewayPermission,
     PatternError,
     Permission,
-    matches,
     validate_pattern,
 )
 from appliance.auth.tokens import CredentialError, Credentials, NotFound
+from appliance.control.coverage import repositories_covered
 from appliance.control.schedule import (
     CONTINUOUS,
     DEFAULT_TTL,
@@ -140,31 +140,6 @@ def _filter_update(given: str | None, current: str | None) -> str | None:
     if given is None:
         return current
     return given or None
-
-
-def pattern_covers(parent: str, child: str) -> bool:
-    """Is every repository `child` names also named by `parent`? (DESIGN.md §7)
-
-    A literal must be matched; a pattern must be the same pattern or narrower. Narrower is
-    checked on witnesses: the child's wildcards filled with empty, short, dotted and (for `**`)
-    multi-segment values must all match the parent's pattern.
-    """
-    if parent == child or parent == "**":
-        return True
-    if "*" not in child:
-        return matches(parent, child)
-    pieces = re.split(r"(\*\*|\*)", child)
-    fills = {"*": ("", "q", "q-q.q_q"), "**": ("", "q", "q/q", "q.q/q-q/q")}
-    choices = [fills.get(piece, (piece,)) for piece in pieces]
-    return all(matches(parent, "".join(combo)) for combo in itertools.product(*choices))
-
-
-def repositories_covered(parent: tuple[str, ...], child: tuple[str, ...]) -> str | None:
-    """The first child entry no parent entry covers, or None."""
-    for entry in child:
-        if not any(pattern_covers(p, entry) for p in parent):
-            return entry
-    return None
 
 
 class Hierarchy:
