@@ -1,4 +1,6 @@
-"""Tokens and scope maps, kept in the registry database, and password checks against them.
+"""Tokens and scope maps: the rules for making, changing and deleting them, and for taking
+what the parent sends. `storage/tokens.py` keeps them; `auth/credential_checks.py` checks
+passwords against them.
 
 The model is ACR's: a scope map is a named list of repository permissions; a token names one
 scope map, is enabled or disabled, and has two passwords (each with an optional expiry) so a
@@ -7,21 +9,16 @@ client can move to a new password before the old one is revoked.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import hmac
 import json
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from time import monotonic
 from typing import Any
 
 import sqlite_utils
 
+from appliance.auth.credential_checks import CredentialChecks
 from appliance.auth.passwords import PasswordChecks, generate_password, hash_password
 from appliance.auth.scopes import (
     GatewayPermission,
@@ -30,17 +27,12 @@ from appliance.auth.scopes import (
     validate_actions,
     validate_pattern,
 )
-from appliance.storage.schema import write_transaction
+from appliance.storage.timestamps import timestamp
+from appliance.storage.tokens import PARENT, StoredScopeMap, Token, Tokens
 
 PASSWORD_NAMES = ("password1", "password2")
 STATUSES = ("enabled", "disabled")
 _NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{4,49}")
-# A verified password is trusted this long before its slow hash is checked again.
-CREDENTIAL_CACHE_SECONDS = 60.0
-# From this age on a cached verdict is still served while one check renews it in the background,
-# so credentials in steady use never make a request wait for scrypt.
-CREDENTIAL_REFRESH_SECONDS = 0.8 * CREDENTIAL_CACHE_SECONDS
-_CACHE_LIMIT = 10000
 
 
 class CredentialError(Exception):
@@ -83,52 +75,6 @@ class ScopeMap:
         }
 
 
-@dataclass(frozen=True)
-class PasswordSlot:
-    name: str
-    hash: str
-    expiry: str | None
-    created_at: str
-
-    def expired(self, now: datetime) -> bool:
-        return self.expiry is not None and datetime.fromisoformat(self.expiry) <= now
-
-
-@dataclass(frozen=True)
-class Token:
-    name: str
-    scope_map: str
-    status: str
-    origin: str
-    created_at: str
-    updated_at: str
-    passwords: tuple[PasswordSlot, ...]
-
-    @property
-    def enabled(self) -> bool:
-        return self.status == "enabled"
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "scopeMap": self.scope_map,
-            "status": self.status,
-            "origin": self.origin,
-            "creationDate": self.created_at,
-            "updatedDate": self.updated_at,
-            "credentials": {
-                "passwords": [
-                    {"name": p.name, "creationTime": p.created_at, "expiry": p.expiry}
-                    for p in self.passwords
-                ]
-            },
-        }
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def validate_resource_name(kind: str, name: str) -> str:
     if not _NAME.fullmatch(name):
         raise CredentialError(
@@ -147,7 +93,7 @@ def parse_expiry(value: str | None) -> str | None:
         raise CredentialError(f"expiry {value!r} is not an ISO 8601 date-time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
+    return timestamp(moment)
 
 
 def parse_permissions(pairs: list[tuple[str, list[str]]]) -> tuple[Permission, ...]:
@@ -173,15 +119,12 @@ class Credentials:
         max_permissions: int = 500,
         password_checks: PasswordChecks | None = None,
     ) -> None:
-        self.db = db
-        self.conn = db.conn
+        self.records = Tokens(db)
         self.max_tokens = max_tokens
         self.max_scope_maps = max_scope_maps
         self.max_permissions = max_permissions
         self.password_checks = password_checks or PasswordChecks()
-        self._cache_key = secrets.token_bytes(32)
-        self._cache: dict[bytes, _Verdict] = {}
-        self._checking: dict[bytes, asyncio.Task[_Verdict]] = {}
+        self.checks = CredentialChecks(self.password_checks)
 
     # -- scope maps ----------------------------------------------------------------------------
 
@@ -204,20 +147,17 @@ class Credentials:
         if not permissions and not gateways:
             raise CredentialError("a scope map needs at least one --repository REPO ACTION…")
         self._check_permission_count(permissions)
-        with write_transaction(self.db):
-            if self._exists("scope_maps", name):
+        with self.records.transaction():
+            if self.records.scope_map(name) is not None:
                 raise CredentialError(f"scope map {name!r} already exists")
-            count = self.conn.execute("SELECT count(*) FROM scope_maps").fetchone()[0]
+            count = self.records.scope_map_count()
             if count >= self.max_scope_maps:
                 raise CredentialError(
                     f"this registry already has {count} scope maps, the limit "
                     f"({self.max_scope_maps})"
                 )
-            now = _now()
-            self.conn.execute(
-                "INSERT INTO scope_maps (name, description, permissions, origin, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, description, _dump(permissions, gateways), origin, now, now),
+            self.records.add_scope_map(
+                name, description, _dump(permissions, gateways), origin, timestamp()
             )
         return self.scope_map(name)
 
@@ -231,7 +171,7 @@ class Credentials:
         add_gateways: tuple[GatewayPermission, ...] = (),
         remove_gateways: tuple[GatewayPermission, ...] = (),
     ) -> ScopeMap:
-        with write_transaction(self.db):
+        with self.records.transaction():
             current = self.scope_map(name)
             _check_editable("scope map", current.name, current.origin, by_parent)
             permissions = tuple(
@@ -244,53 +184,34 @@ class Credentials:
             if not permissions and not gateways:
                 raise CredentialError(f"scope map {name!r} would be left with no permissions")
             self._check_permission_count(permissions)
-            self.conn.execute(
-                "UPDATE scope_maps SET permissions = ?, description = ?, updated_at = ? "
-                "WHERE name = ?",
-                (
-                    _dump(permissions, gateways),
-                    current.description if description is None else description,
-                    _now(),
-                    name,
-                ),
+            self.records.update_scope_map(
+                name,
+                _dump(permissions, gateways),
+                current.description if description is None else description,
+                timestamp(),
             )
         return self.scope_map(name)
 
     def scope_map(self, name: str) -> ScopeMap:
-        row = self.conn.execute(
-            "SELECT name, description, permissions, origin, created_at, updated_at "
-            "FROM scope_maps WHERE name = ?",
-            (name,),
-        ).fetchone()
-        if row is None:
+        stored = self.records.scope_map(name)
+        if stored is None:
             raise NotFound(f"scope map {name!r} not found")
-        return _scope_map(row)
+        return _scope_map(stored)
 
     def scope_maps(self) -> list[ScopeMap]:
-        return [
-            _scope_map(row)
-            for row in self.conn.execute(
-                "SELECT name, description, permissions, origin, created_at, updated_at "
-                "FROM scope_maps ORDER BY name"
-            )
-        ]
+        return [_scope_map(stored) for stored in self.records.scope_maps()]
 
     def delete_scope_map(self, name: str, by_parent: bool = False) -> None:
-        with write_transaction(self.db):
+        with self.records.transaction():
             current = self.scope_map(name)
             _check_editable("scope map", name, current.origin, by_parent)
-            users = [
-                row[0]
-                for row in self.conn.execute(
-                    "SELECT name FROM tokens WHERE scope_map = ? ORDER BY name", (name,)
-                )
-            ]
+            users = self.records.tokens_using(name)
             if users:
                 raise CredentialError(
                     f"scope map {name!r} is used by token(s) {', '.join(users[:5])}; "
                     "delete or update them first"
                 )
-            self.conn.execute("DELETE FROM scope_maps WHERE name = ?", (name,))
+            self.records.delete_scope_map(name)
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -308,23 +229,19 @@ class Credentials:
         _check_status(status)
         passwords = {n: generate_password() for n in PASSWORD_NAMES} if with_passwords else {}
         hashes = {n: hash_password(pw) for n, pw in passwords.items()}
-        with write_transaction(self.db):
-            if self._exists("tokens", name):
+        with self.records.transaction():
+            if self.records.token(name) is not None:
                 raise CredentialError(f"token {name!r} already exists")
             self.scope_map(scope_map)
-            count = self.conn.execute("SELECT count(*) FROM tokens").fetchone()[0]
+            count = self.records.token_count()
             if count >= self.max_tokens:
                 raise CredentialError(
                     f"this registry already has {count} tokens, the limit ({self.max_tokens})"
                 )
-            now = _now()
-            self.conn.execute(
-                "INSERT INTO tokens (name, scope_map, status, origin, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, scope_map, status, origin, now, now),
-            )
+            now = timestamp()
+            self.records.add_token(name, scope_map, status, origin, now, now)
             for slot, hashed in hashes.items():
-                self._store_password(name, slot, hashed, expiry, now)
+                self.records.set_password(name, slot, hashed, parse_expiry(expiry), now)
         return self.token(name), passwords
 
     def update_token(
@@ -336,14 +253,13 @@ class Credentials:
     ) -> Token:
         if status is not None:
             _check_status(status)
-        with write_transaction(self.db):
+        with self.records.transaction():
             token = self.token(name)
             _check_editable("token", name, token.origin, by_parent)
             if scope_map is not None:
                 self.scope_map(scope_map)
-            self.conn.execute(
-                "UPDATE tokens SET scope_map = ?, status = ?, updated_at = ? WHERE name = ?",
-                (scope_map or token.scope_map, status or token.status, _now(), name),
+            self.records.update_token(
+                name, scope_map or token.scope_map, status or token.status, timestamp()
             )
         return self.token(name)
 
@@ -354,71 +270,40 @@ class Credentials:
         _check_slot(slot)
         password = generate_password()
         hashed = hash_password(password)
-        with write_transaction(self.db):
+        with self.records.transaction():
             token = self.token(name)
             _check_editable("token", name, token.origin, by_parent)
-            self.conn.execute(
-                "DELETE FROM token_passwords WHERE token = ? AND name = ?", (name, slot)
-            )
-            self._store_password(name, slot, hashed, expiry, _now())
+            self.records.set_password(name, slot, hashed, parse_expiry(expiry), timestamp())
         return password
 
     def delete_password(self, name: str, slot: str, by_parent: bool = False) -> None:
         _check_slot(slot)
-        with write_transaction(self.db):
+        with self.records.transaction():
             token = self.token(name)
             _check_editable("token", name, token.origin, by_parent)
-            deleted = self.conn.execute(
-                "DELETE FROM token_passwords WHERE token = ? AND name = ?", (name, slot)
-            ).rowcount
-            if not deleted:
+            if not self.records.delete_password(name, slot):
                 raise NotFound(f"token {name!r} has no {slot}")
 
-    def _store_password(
-        self, token: str, slot: str, hashed: str, expiry: str | None, now: str
-    ) -> None:
-        self.conn.execute(
-            "INSERT INTO token_passwords (token, name, hash, expiry, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (token, slot, hashed, parse_expiry(expiry), now),
-        )
-
     def token(self, name: str) -> Token:
-        row = self.conn.execute(
-            "SELECT name, scope_map, status, origin, created_at, updated_at FROM tokens "
-            "WHERE name = ?",
-            (name,),
-        ).fetchone()
-        if row is None:
+        token = self.records.token(name)
+        if token is None:
             raise NotFound(f"token {name!r} not found")
-        slots = tuple(
-            PasswordSlot(*r)
-            for r in self.conn.execute(
-                "SELECT name, hash, expiry, created_at FROM token_passwords WHERE token = ? "
-                "ORDER BY name",
-                (name,),
-            )
-        )
-        return Token(*row, passwords=slots)
+        return token
 
     def tokens(self) -> list[Token]:
-        names = [row[0] for row in self.conn.execute("SELECT name FROM tokens ORDER BY name")]
-        return [self.token(n) for n in names]
+        return [self.token(n) for n in self.records.token_names()]
 
     def delete_token(self, name: str, by_parent: bool = False) -> None:
-        with write_transaction(self.db):
+        with self.records.transaction():
             token = self.token(name)
             _check_editable("token", name, token.origin, by_parent)
-            owner = self.conn.execute(
-                "SELECT name FROM connected_registries WHERE sync_token = ?", (name,)
-            ).fetchone()
+            owner = self.records.sync_token_owner(name)
             if owner is not None:
                 raise CredentialError(
-                    f"token {name!r} is the sync token of connected registry {owner[0]!r}; "
+                    f"token {name!r} is the sync token of connected registry {owner!r}; "
                     "delete the connected registry first"
                 )
-            self.conn.execute("DELETE FROM token_passwords WHERE token = ?", (name,))
-            self.conn.execute("DELETE FROM tokens WHERE name = ?", (name,))
+            self.records.delete_token(name)
 
     # -- what the parent sends -----------------------------------------------------------------
 
@@ -438,18 +323,11 @@ class Credentials:
         """
         wanted = [_parent_token(entry) for entry in token_settings]
         skipped: list[str] = []
-        with write_transaction(self.db):
-            local_tokens = self._names("tokens", "local")
-            local_maps = self._names("scope_maps", "local")
-            created = dict(
-                self.conn.execute("SELECT name, created_at FROM tokens WHERE origin = 'parent'")
-            )
-            self.conn.execute(
-                "DELETE FROM token_passwords WHERE token IN "
-                "(SELECT name FROM tokens WHERE origin = 'parent')"
-            )
-            self.conn.execute("DELETE FROM tokens WHERE origin = 'parent'")
-            now = _now()
+        with self.records.transaction():
+            local_tokens = self.records.local_token_names()
+            local_maps = self.records.local_scope_map_names()
+            created = self.records.delete_parent_tokens()
+            now = timestamp()
             for token in wanted:
                 if token.name in local_tokens or (
                     token.scope_map is not None and token.scope_map.name in local_maps
@@ -459,68 +337,39 @@ class Credentials:
                 if token.scope_map is None:
                     continue
                 scope_map = token.scope_map
-                self.conn.execute(
-                    "INSERT INTO scope_maps (name, description, permissions, origin, created_at, "
-                    "updated_at) VALUES (?, ?, ?, 'parent', ?, ?) ON CONFLICT (name) DO UPDATE "
-                    "SET permissions = excluded.permissions, updated_at = excluded.updated_at",
-                    (
-                        scope_map.name,
-                        "from the parent registry",
-                        _dump(scope_map.permissions, scope_map.gateways),
-                        now,
-                        now,
-                    ),
+                self.records.put_parent_scope_map(
+                    scope_map.name,
+                    "from the parent registry",
+                    _dump(scope_map.permissions, scope_map.gateways),
+                    now,
                 )
-                self.conn.execute(
-                    "INSERT INTO tokens (name, scope_map, status, origin, created_at, updated_at) "
-                    "VALUES (?, ?, ?, 'parent', ?, ?)",
-                    (token.name, scope_map.name, token.status, created.get(token.name, now), now),
+                self.records.add_token(
+                    token.name,
+                    scope_map.name,
+                    token.status,
+                    PARENT,
+                    created.get(token.name, now),
+                    now,
                 )
                 for slot, hashed, expiry in token.passwords:
-                    self._store_password(token.name, slot, hashed, expiry, now)
-            self.conn.execute(
-                "DELETE FROM scope_maps WHERE origin = 'parent' "
-                "AND name NOT IN (SELECT scope_map FROM tokens)"
-            )
+                    self.records.set_password(token.name, slot, hashed, parse_expiry(expiry), now)
+            self.records.delete_unused_parent_scope_maps()
         return skipped
-
-    def _names(self, table: str, origin: str) -> set[str]:
-        return {
-            row[0]
-            for row in self.conn.execute(f"SELECT name FROM {table} WHERE origin = ?", (origin,))
-        }
-
-    def _exists(self, table: str, name: str) -> bool:
-        return (
-            self.conn.execute(
-                f"SELECT 1 FROM {table} WHERE name = ?",
-                (name,),
-            ).fetchone()
-            is not None
-        )
 
     # -- authentication ------------------------------------------------------------------------
 
     def permissions_of(self, token_name: str) -> tuple[Permission, ...]:
-        row = self.conn.execute(
-            "SELECT s.permissions FROM tokens t JOIN scope_maps s ON s.name = t.scope_map "
-            "WHERE t.name = ?",
-            (token_name,),
-        ).fetchone()
-        return _load(row[0]) if row else ()
+        grants = self.records.grants(token_name)
+        return _load(grants[1]) if grants else ()
 
     def _enabled_grants(
         self, token_name: str
     ) -> tuple[tuple[Permission, ...], tuple[GatewayPermission, ...]] | None:
         """What an enabled token's scope map grants; None when it is disabled or gone."""
-        row = self.conn.execute(
-            "SELECT t.status, s.permissions FROM tokens t JOIN scope_maps s "
-            "ON s.name = t.scope_map WHERE t.name = ?",
-            (token_name,),
-        ).fetchone()
-        if row is None or row[0] != "enabled":
+        grants = self.records.grants(token_name)
+        if grants is None or grants[0] != "enabled":
             return None
-        return _load_all(row[1])
+        return _load_all(grants[1])
 
     def gateway_actions(self, token_name: str, registry: str) -> frozenset[str]:
         """What an enabled token may do on the gateway API for `registry`."""
@@ -534,92 +383,19 @@ class Credentials:
         return grants[0] if grants else None
 
     async def authenticate(self, name: str, password: str) -> Token | None:
-        """The enabled token whose unexpired password this is, else None.
-
-        A verdict is cached for `CREDENTIAL_CACHE_SECONDS` under an HMAC of the credentials, so
-        Basic auth on every request costs one scrypt a minute; in its last fifth it is renewed
-        by one check in the background while it is still served. Concurrent requests with the
-        same credentials share one check. The cache holds which password slot matched and its
-        hash: rotating or deleting that password, disabling the token or letting the password
-        expire takes effect at once, cache or not.
-        """
+        """The enabled token whose unexpired password this is, else None (`CredentialChecks`
+        says what is cached, and for how long)."""
         try:
             token = self.token(name)
         except NotFound:
             return None
         if not token.enabled:
             return None
-        key = hmac.new(self._cache_key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
-        verdict = self._cache.get(key)
-        if (
-            verdict is None
-            or verdict.age() >= CREDENTIAL_CACHE_SECONDS
-            or not verdict.holds_for(token)
-        ):
-            # Shielded: a request given up on must not cancel the check others are waiting for.
-            verdict = await asyncio.shield(self._check(key, token, password))
-            if not verdict.holds_for(token):
-                return None  # the token's passwords changed while the check ran
-        elif verdict.age() >= CREDENTIAL_REFRESH_SECONDS:
-            self._check(key, token, password)
-        return verdict.answer(token, datetime.now(UTC))
-
-    def _check(self, key: bytes, token: Token, password: str) -> asyncio.Task[_Verdict]:
-        """The check of these credentials in flight, started if there is none."""
-        task = self._checking.get(key)
-        if task is None:
-            task = asyncio.create_task(self._verify(key, token, password))
-            self._checking[key] = task
-            task.add_done_callback(lambda _: self._checking.pop(key, None))
-        return task
-
-    async def _verify(self, key: bytes, token: Token, password: str) -> _Verdict:
-        now = datetime.now(UTC)
-        for slot in token.passwords:
-            if not slot.expired(now) and await self.password_checks.verify(password, slot.hash):
-                verdict = _Verdict(slot.name, slot.hash, monotonic())
-                break
-        else:
-            verdict = _Verdict(None, _fingerprint(token), monotonic())
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = verdict
-        return verdict
+        return await self.checks.check(token, password)
 
     async def close(self) -> None:
         """Stop the checks in flight and the threads that run them."""
-        for task in list(self._checking.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.password_checks.close()
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    """What one check of a password found: the slot it matched (None: none) and what it was
-    checked against (that slot's hash, or all the token's hashes), at `monotonic()` time `at`."""
-
-    slot: str | None
-    checked: str
-    at: float
-
-    def age(self) -> float:
-        return monotonic() - self.at
-
-    def holds_for(self, token: Token) -> bool:
-        """Whether the token still has the passwords this verdict was reached on."""
-        if self.slot is None:
-            return self.checked == _fingerprint(token)
-        return any(s.name == self.slot and s.hash == self.checked for s in token.passwords)
-
-    def answer(self, token: Token, now: datetime) -> Token | None:
-        """The token if the password matched a slot that has not expired since; a verdict
-        that `holds_for` the token only."""
-        if self.slot is None:
-            return None
-        slot = next(s for s in token.passwords if s.name == self.slot)
-        return None if slot.expired(now) else token
+        await self.checks.close()
 
 
 @dataclass(frozen=True)
@@ -668,10 +444,6 @@ def _parent_token(entry: Any) -> _ParentToken:
             f"the parent sent a malformed client token ({type(err).__name__}: {err})"
         ) from None
     return _ParentToken(name, status, scope_map, tuple(passwords))
-
-
-def _fingerprint(token: Token) -> str:
-    return "|".join(p.hash for p in token.passwords)
 
 
 def _check_editable(kind: str, name: str, origin: str, by_parent: bool) -> None:
@@ -737,7 +509,14 @@ def _load(text: str) -> tuple[Permission, ...]:
     return _load_all(text)[0]
 
 
-def _scope_map(row: tuple) -> ScopeMap:
-    name, description, permissions, origin, created, updated = row
-    repositories, gateways = _load_all(permissions)
-    return ScopeMap(name, description or "", repositories, origin, created, updated, gateways)
+def _scope_map(stored: StoredScopeMap) -> ScopeMap:
+    repositories, gateways = _load_all(stored.permissions)
+    return ScopeMap(
+        stored.name,
+        stored.description or "",
+        repositories,
+        stored.origin,
+        stored.created_at,
+        stored.updated_at,
+        gateways,
+    )

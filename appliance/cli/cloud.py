@@ -49,8 +49,8 @@ from appliance.control.management_client import (
     RemoteManagement,
 )
 from appliance.control.node import CLOUD, NodeState
-from appliance.control.root import ADMIN, Root, RootRefused, make_root
 from appliance.control.roles import MODES, READ_WRITE
+from appliance.control.root import ADMIN, Root, RootRefused, make_root
 from appliance.control.schedule import CONTINUOUS, DEFAULT_TTL
 from appliance.storage.store import Store
 

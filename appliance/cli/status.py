@@ -14,7 +14,6 @@ long, what moved, its errors), which every run that is not dry leaves in the nod
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,36 +26,31 @@ from appliance.cli.output import emit, format_fields, format_table, human_size, 
 from appliance.cli.sync import progress_line
 from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.control.local import live_status
-from appliance.control.node import CLOUD, CONNECTED, NodeState
-from appliance.control.roles import READ_WRITE
+from appliance.control.roles import CLOUD, CONNECTED, READ_WRITE
 from appliance.storage.store import Store
 from appliance.storage.uploads import ABANDONED_AFTER
-from appliance.sync.run import LAST_RUN
 
 DEVELOPMENT = "development"
 
 
 def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any]:
     """The status document `--output json` prints."""
-    node = NodeState(store)
+    node = store.node
     role = node.role or DEVELOPMENT
-    conn = store.conn
-    blob_count, blob_bytes = conn.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM blobs"
-    ).fetchone()
+    holdings = store.holdings()
     uploads = store.uploads.tally()
     status: dict[str, Any] = {
         "role": role,
-        "name": node.get("name"),
-        "mode": node.mode,
-        "loginServer": node.get("login_server"),
-        "instanceId": node.get("instance_id"),
+        "name": node.name,
+        "mode": node.mode or READ_WRITE,
+        "loginServer": node.login_server,
+        "instanceId": node.instance_id,
         "dataDir": str(store.layout.root),
         "parent": None,
         "activationStatus": None,
         "storage": {
-            "blobs": blob_count,
-            "blobBytes": blob_bytes,
+            "blobs": holdings.blobs,
+            "blobBytes": holdings.blob_bytes,
             "freeBytes": shutil.disk_usage(store.layout.root).free,
             # Pushes under way and partial downloads; abandoned ones are purged by the service.
             "uploads": {
@@ -67,24 +61,24 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
                 "abandonedAfterSeconds": int(ABANDONED_AFTER),
             },
         },
-        "repositories": conn.execute("SELECT count(*) FROM repositories").fetchone()[0],
-        "tags": conn.execute("SELECT count(*) FROM tags").fetchone()[0],
+        "repositories": holdings.repositories,
+        "tags": holdings.tags,
         # `running` and `warnings` (what the service runs without: auth, TLS) are filled in
         # from the service, when one answers.
-        "sync": {"running": None, "lastRun": _last_run(node)},
+        "sync": {"running": None, "lastRun": node.last_run},
         "warnings": [],
     }
     if role == CONNECTED:
         status["parent"] = {
-            "endpoint": node.get("parent_endpoint"),
-            "protocol": node.get("parent_protocol"),
-            "fingerprint": node.get("parent_fingerprint"),
+            "endpoint": node.parent_endpoint,
+            "protocol": node.parent_protocol,
+            "fingerprint": node.parent_fingerprint,
         }
         status["activationStatus"] = "Active"
-        status["activatedAt"] = node.get("activated_at")
-        status["connectionState"] = node.get("connection_state") or "Unknown"
-        status["lastSyncTime"] = node.get("last_sync_time")
-        status["lastContact"] = node.get("last_contact")
+        status["activatedAt"] = node.activated_at
+        status["connectionState"] = node.connection_state or "Unknown"
+        status["lastSyncTime"] = node.last_sync_time
+        status["lastContact"] = node.last_contact
     if role == CLOUD:
         hierarchy = Hierarchy(
             store, Credentials(store.db), offline_after=offline_after_from(offline_after)
@@ -101,11 +95,6 @@ def node_status(store: Store, offline_after: str | None = None) -> dict[str, Any
             for entry in (hierarchy.to_json(cr) for cr in hierarchy.list())
         ]
     return status
-
-
-def _last_run(node: NodeState) -> dict[str, Any] | None:
-    text = node.get(LAST_RUN)
-    return json.loads(text) if text else None
 
 
 def _table(status: dict[str, Any]) -> str:

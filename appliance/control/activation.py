@@ -30,7 +30,6 @@ import socket
 import sqlite3
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from appliance import __version__
@@ -50,8 +49,8 @@ from appliance.control.relay import served_tokens
 from appliance.control.roles import MODES, READ_WRITE
 from appliance.storage.files import write_file
 from appliance.storage.layout import Layout, existing_state
-from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
+from appliance.storage.timestamps import timestamp
 
 HTTPS_PORT = 443
 # What activation writes to node_state, and deactivation clears (instance_id stays for life).
@@ -251,7 +250,7 @@ def _become(
             "sync_token": connection.token_name,
             "settings": json.dumps(settings.body, sort_keys=True),
             "login_server": login_server,
-            "activated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "activated_at": timestamp(),
         }
         if settings.etag:
             values["settings_etag"] = settings.etag
@@ -265,10 +264,8 @@ def _become(
         _write_anchor(layout, anchor)
         certificates = _certificate(layout, certificate_hosts)
         # The role goes last: a node is activated only once everything it needs is in place.
-        with write_transaction(store.db):
-            store.conn.execute(
-                "DELETE FROM node_state WHERE key IN ('parent_fingerprint', 'settings_etag')"
-            )
+        with store.transaction():
+            store.node.delete("parent_fingerprint", "settings_etag")
             for key, value in values.items():
                 node.set(key, value)
     finally:
@@ -337,11 +334,7 @@ async def deactivate(data_dir: Path, force: bool = False) -> Deactivation:
                     f"{message}; give --force to deactivate this node anyway",
                 ) from None
             parent_error = str(err)
-        with write_transaction(store.db):
-            store.conn.execute(
-                f"DELETE FROM node_state WHERE key IN ({', '.join('?' * len(PARENT_STATE))})",
-                PARENT_STATE,
-            )
+        store.node.delete(*PARENT_STATE)
         NodeState(store).sync_credential_path.unlink(missing_ok=True)
         layout.parent_ca_cert.unlink(missing_ok=True)
     finally:

@@ -283,7 +283,7 @@ async def changes(request: web.Request) -> web.StreamResponse:
 def prune_changes(hierarchy: Hierarchy, now: datetime | None = None) -> int:
     """On a root: drop feed rows older than the longest messageTtl of the connected registries
     (the default TTL when there are none); the newest row always stays. How many went."""
-    return _prune(hierarchy.conn, [cr.message_ttl for cr in hierarchy.all()], now)
+    return _prune(hierarchy.store.conn, [cr.message_ttl for cr in hierarchy.all()], now)
 
 
 def prune_changes_for_descendants(store: Store, now: datetime | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Connected-registry resources on a root, and the rules of the hierarchy.
+"""Connected-registry resources on a root, and the rules of the hierarchy (kept by
+`storage/hierarchy.py`; repository coverage is `control/coverage.py`'s).
 
 A resource is what `az acr connected-registry` manages: a name unique in the hierarchy, a mode,
 a parent (none: the root itself), the repositories it replicates, its schedule, window, message
@@ -17,10 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,10 +32,10 @@ from appliance.auth.scopes import (
     GatewayPermission,
     PatternError,
     Permission,
-    matches,
     validate_pattern,
 )
 from appliance.auth.tokens import CredentialError, Credentials, NotFound
+from appliance.control.coverage import repositories_covered
 from appliance.control.roles import MODES, READ_ONLY, READ_WRITE
 from appliance.control.schedule import (
     CONTINUOUS,
@@ -46,8 +46,9 @@ from appliance.control.schedule import (
     validate_schedule,
     validate_ttl,
 )
-from appliance.storage.schema import write_transaction
+from appliance.storage.hierarchy import ConnectedRegistries, ConnectedRegistry, Report
 from appliance.storage.store import Store
+from appliance.storage.timestamps import timestamp
 from appliance.sync.semver import SemverError, parse_range
 
 LOG_LEVELS = ("Debug", "Information", "Warning", "Error", "None")
@@ -67,109 +68,70 @@ ALREADY_ACTIVATED_MESSAGE = (
 )
 
 
-class HierarchyError(Exception):
-    """A refused operation. `code`/`status` are what the gateway and management APIs answer."""
+INVALID = "INVALID"
 
-    def __init__(self, message: str, code: str = "INVALID", status: int = 400) -> None:
+
+class HierarchyError(Exception):
+    """A refused operation. `code`/`status` are what the gateway and management APIs answer;
+    the arguments in `OCIError`'s order."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
-        self.message = message
         self.code = code
+        self.message = message
         self.status = status
 
 
 def not_found(name: str) -> HierarchyError:
-    return HierarchyError(f"connected registry {name!r} not found", "NAME_UNKNOWN", 404)
+    return HierarchyError("NAME_UNKNOWN", f"connected registry {name!r} not found", 404)
 
 
-@dataclass(frozen=True)
-class ConnectedRegistry:
-    name: str
-    mode: str
-    parent: str | None
-    repositories: tuple[str, ...]
-    client_tokens: tuple[str, ...]
-    sync_schedule: str
-    sync_window: str | None
-    message_ttl: str
-    log_level: str
-    sync_token: str
-    activation_status: str
-    created_at: str
-    updated_at: str
-    tag_include: str | None = None
-    tag_exclude: str | None = None
-    instance_id: str | None = None
-    last_activity_time: str | None = None
-    last_sync_time: str | None = None
-    reported_state: str | None = None
-    version: str | None = None
-    login_server: str | None = None
-    tls: str | None = None
-    status_details: tuple[dict, ...] = field(default=())
-    resync_requested: bool = False
-    tag_semver: str | None = None
-
-    def connection_state(self, now: datetime, offline_after: timedelta | None) -> str:
-        """Offline until an instance is active and has been heard from recently; then
-        Unhealthy if its last report carried errors, Syncing while it says it syncs, else
-        Online (PROTOCOL.md §6). A tag conflict (`SyncConflict`) is reported, not an error:
-        the parent won by rule and nothing failed, so it alone does not make a device
-        Unhealthy."""
-        if self.activation_status != ACTIVE or self.last_activity_time is None:
-            return OFFLINE
-        limit = offline_after or max(MIN_OFFLINE_AFTER, 2 * interval(self.sync_schedule, now))
-        if now - datetime.fromisoformat(self.last_activity_time) > limit:
-            return OFFLINE
-        if any(detail.get("type") != CONFLICT_DETAIL for detail in self.status_details):
-            return UNHEALTHY
-        if self.reported_state == SYNCING:
-            return SYNCING
-        return ONLINE
-
-    def to_json(self, now: datetime, offline_after: timedelta | None) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "mode": self.mode,
-            "parent": self.parent,
-            "repositories": list(self.repositories),
-            "tagInclude": self.tag_include,
-            "tagExclude": self.tag_exclude,
-            "tagSemver": self.tag_semver,
-            "clientTokens": list(self.client_tokens),
-            "syncSchedule": self.sync_schedule,
-            "syncWindow": self.sync_window,
-            "messageTtl": self.message_ttl,
-            "logLevel": self.log_level,
-            "syncToken": self.sync_token,
-            "activationStatus": self.activation_status,
-            "connectionState": self.connection_state(now, offline_after),
-            "lastActivityTime": self.last_activity_time,
-            "lastSyncTime": self.last_sync_time,
-            "version": self.version,
-            "loginServer": self.login_server,
-            "tls": self.tls,
-            "statusDetails": list(self.status_details),
-            "resyncRequested": self.resync_requested,
-            "creationDate": self.created_at,
-            "updatedDate": self.updated_at,
-        }
+def connection_state(cr: ConnectedRegistry, now: datetime, offline_after: timedelta | None) -> str:
+    """Offline until an instance is active and has been heard from recently; then Unhealthy if
+    its last report carried errors, Syncing while it says it syncs, else Online (PROTOCOL.md
+    §6). A tag conflict (`SyncConflict`) is reported, not an error: the parent won by rule and
+    nothing failed, so it alone does not make a device Unhealthy."""
+    if cr.activation_status != ACTIVE or cr.last_activity_time is None:
+        return OFFLINE
+    limit = offline_after or max(MIN_OFFLINE_AFTER, 2 * interval(cr.sync_schedule, now))
+    if now - datetime.fromisoformat(cr.last_activity_time) > limit:
+        return OFFLINE
+    if any(detail.get("type") != CONFLICT_DETAIL for detail in cr.status_details):
+        return UNHEALTHY
+    if cr.reported_state == SYNCING:
+        return SYNCING
+    return ONLINE
 
 
-_COLUMNS = (
-    "name, mode, parent, repositories, client_tokens, sync_schedule, sync_window, message_ttl, "
-    "log_level, sync_token, activation_status, created_at, updated_at, tag_include, "
-    "tag_exclude, instance_id, last_activity_time, last_sync_time, reported_state, version, "
-    "login_server, tls, status_details, resync_requested, tag_semver"
-)
-
-
-def _row(row: tuple) -> ConnectedRegistry:
-    values = list(row)
-    values[3] = tuple(json.loads(values[3]))
-    values[4] = tuple(json.loads(values[4]))
-    values[22] = tuple(json.loads(values[22]))
-    values[23] = bool(values[23])
-    return ConnectedRegistry(*values)
+def registry_json(
+    cr: ConnectedRegistry, now: datetime, offline_after: timedelta | None
+) -> dict[str, Any]:
+    return {
+        "name": cr.name,
+        "mode": cr.mode,
+        "parent": cr.parent,
+        "repositories": list(cr.repositories),
+        "tagInclude": cr.tag_include,
+        "tagExclude": cr.tag_exclude,
+        "tagSemver": cr.tag_semver,
+        "clientTokens": list(cr.client_tokens),
+        "syncSchedule": cr.sync_schedule,
+        "syncWindow": cr.sync_window,
+        "messageTtl": cr.message_ttl,
+        "logLevel": cr.log_level,
+        "syncToken": cr.sync_token,
+        "activationStatus": cr.activation_status,
+        "connectionState": connection_state(cr, now, offline_after),
+        "lastActivityTime": cr.last_activity_time,
+        "lastSyncTime": cr.last_sync_time,
+        "version": cr.version,
+        "loginServer": cr.login_server,
+        "tls": cr.tls,
+        "statusDetails": list(cr.status_details),
+        "resyncRequested": cr.resync_requested,
+        "creationDate": cr.created_at,
+        "updatedDate": cr.updated_at,
+    }
 
 
 def _filter_update(given: str | None, current: str | None) -> str | None:
@@ -177,35 +139,6 @@ def _filter_update(given: str | None, current: str | None) -> str | None:
     if given is None:
         return current
     return given or None
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def pattern_covers(parent: str, child: str) -> bool:
-    """Is every repository `child` names also named by `parent`? (DESIGN.md §7)
-
-    A literal must be matched; a pattern must be the same pattern or narrower. Narrower is
-    checked on witnesses: the child's wildcards filled with empty, short, dotted and (for `**`)
-    multi-segment values must all match the parent's pattern.
-    """
-    if parent == child or parent == "**":
-        return True
-    if "*" not in child:
-        return matches(parent, child)
-    pieces = re.split(r"(\*\*|\*)", child)
-    fills = {"*": ("", "q", "q-q.q_q"), "**": ("", "q", "q/q", "q.q/q-q/q")}
-    choices = [fills.get(piece, (piece,)) for piece in pieces]
-    return all(matches(parent, "".join(combo)) for combo in itertools.product(*choices))
-
-
-def repositories_covered(parent: tuple[str, ...], child: tuple[str, ...]) -> str | None:
-    """The first child entry no parent entry covers, or None."""
-    for entry in child:
-        if not any(pattern_covers(p, entry) for p in parent):
-            return entry
-    return None
 
 
 class Hierarchy:
@@ -219,7 +152,7 @@ class Hierarchy:
         offline_after: timedelta | None = None,
     ) -> None:
         self.store = store
-        self.conn = store.conn
+        self.records = ConnectedRegistries(store.db)
         self.credentials = credentials
         self.max_client_tokens = max_client_tokens
         self.offline_after = offline_after
@@ -227,21 +160,13 @@ class Hierarchy:
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, name: str) -> ConnectedRegistry:
-        row = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM connected_registries WHERE name = ?",
-            (name,),
-        ).fetchone()
-        if row is None:
+        cr = self.records.get(name)
+        if cr is None:
             raise not_found(name)
-        return _row(row)
+        return cr
 
     def all(self) -> list[ConnectedRegistry]:
-        return [
-            _row(row)
-            for row in self.conn.execute(
-                f"SELECT {_COLUMNS} FROM connected_registries ORDER BY name"
-            )
-        ]
+        return self.records.all()
 
     def children(self, name: str | None) -> list[ConnectedRegistry]:
         return [cr for cr in self.all() if cr.parent == name]
@@ -273,7 +198,7 @@ class Hierarchy:
         return self.descendants(parent) if parent is not None else self.all()
 
     def to_json(self, cr: ConnectedRegistry) -> dict[str, Any]:
-        return cr.to_json(datetime.now(UTC), self.offline_after)
+        return registry_json(cr, datetime.now(UTC), self.offline_after)
 
     # -- creating and changing -----------------------------------------------------------------
 
@@ -294,83 +219,76 @@ class Hierarchy:
     ) -> ConnectedRegistry:
         if not NAME.fullmatch(name):
             raise HierarchyError(
+                INVALID,
                 f"connected registry name {name!r} must be 5-50 letters and digits, starting "
                 "with a letter"
             )
         if mode not in MODES:
-            raise HierarchyError(f"mode must be ReadWrite or ReadOnly, not {mode!r}")
+            raise HierarchyError(INVALID, f"mode must be ReadWrite or ReadOnly, not {mode!r}")
         repos = self._repositories(repositories)
         tokens = self._client_tokens(client_tokens or [])
         self._settings(sync_schedule, sync_window, message_ttl, log_level)
         tag_include, tag_exclude = tag_include or None, tag_exclude or None
         self._tag_filters(tag_include, tag_exclude, tag_semver)
-        with write_transaction(self.store.db):
-            if self._exists(name):
-                raise HierarchyError(f"connected registry {name!r} already exists in the hierarchy")
+        with self.records.transaction():
+            if self.records.exists(name):
+                raise HierarchyError(
+                    INVALID, f"connected registry {name!r} already exists in the hierarchy"
+                )
             if parent is not None:
                 parent_node = self.get(parent)
                 if parent_node.mode == READ_ONLY and mode != READ_ONLY:
                     raise HierarchyError(
+                        INVALID,
                         f"can't create {name!r} with mode {mode} under {parent!r}, whose mode is "
                         "ReadOnly: a ReadOnly parent only has ReadOnly children"
                     )
                 uncovered = repositories_covered(parent_node.repositories, repos)
                 if uncovered is not None:
                     raise HierarchyError(
+                        INVALID,
                         f"repository {uncovered!r} is not among the repositories of parent "
                         f"{parent!r} ({', '.join(parent_node.repositories)})"
                     )
             self._create_sync_token(name, mode, repos)
-            now = _now()
-            self.conn.execute(
-                "INSERT INTO connected_registries (name, mode, parent, repositories, "
-                "client_tokens, sync_schedule, sync_window, message_ttl, log_level, sync_token, "
-                "activation_status, status_details, resync_requested, tag_include, tag_exclude, "
-                "tag_semver, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', 0, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    mode,
-                    parent,
-                    json.dumps(list(repos)),
-                    json.dumps(tokens),
-                    sync_schedule,
-                    None if sync_schedule == CONTINUOUS else sync_window,
-                    message_ttl,
-                    log_level,
-                    name,
-                    INACTIVE,
-                    tag_include,
-                    tag_exclude,
-                    tag_semver,
-                    now,
-                    now,
-                ),
+            now = timestamp()
+            self.records.add(
+                ConnectedRegistry(
+                    name=name,
+                    mode=mode,
+                    parent=parent,
+                    repositories=repos,
+                    client_tokens=tuple(tokens),
+                    sync_schedule=sync_schedule,
+                    sync_window=None if sync_schedule == CONTINUOUS else sync_window,
+                    message_ttl=message_ttl,
+                    log_level=log_level,
+                    sync_token=name,
+                    activation_status=INACTIVE,
+                    created_at=now,
+                    updated_at=now,
+                    tag_include=tag_include,
+                    tag_exclude=tag_exclude,
+                    tag_semver=tag_semver,
+                )
             )
             for ancestor in self.ancestors(name):
                 self._grant(ancestor.sync_token, name, mode, repos)
         return self.get(name)
 
-    def _exists(self, name: str) -> bool:
-        return (
-            self.conn.execute(
-                "SELECT 1 FROM connected_registries WHERE lower(name) = lower(?)", (name,)
-            ).fetchone()
-            is not None
-        )
-
     def _repositories(self, repositories: list[str]) -> tuple[str, ...]:
         if not repositories:
-            raise HierarchyError("a connected registry needs at least one --repository")
+            raise HierarchyError(INVALID, "a connected registry needs at least one --repository")
         try:
             return tuple(dict.fromkeys(validate_pattern(r) for r in repositories))
         except PatternError as err:
-            raise HierarchyError(str(err)) from None
+            raise HierarchyError(INVALID, str(err)) from None
 
     def _client_tokens(self, names: list[str]) -> list[str]:
         unique = list(dict.fromkeys(names))
         if len(unique) > self.max_client_tokens:
             raise HierarchyError(
+                INVALID,
                 f"a connected registry has at most {self.max_client_tokens} client tokens, "
                 f"not {len(unique)}"
             )
@@ -378,9 +296,9 @@ class Hierarchy:
             try:
                 self.credentials.token(token)
             except NotFound:
-                raise HierarchyError(f"client token {token!r} not found") from None
-            if self._exists(token):
-                raise HierarchyError(f"{token!r} is a sync token, not a client token")
+                raise HierarchyError(INVALID, f"client token {token!r} not found") from None
+            if self.records.exists(token):
+                raise HierarchyError(INVALID, f"{token!r} is a sync token, not a client token")
         return unique
 
     @staticmethod
@@ -389,9 +307,9 @@ class Hierarchy:
             validate_schedule(schedule, window)
             validate_ttl(ttl)
         except ScheduleError as err:
-            raise HierarchyError(str(err)) from None
+            raise HierarchyError(INVALID, str(err)) from None
         if log_level not in LOG_LEVELS:
-            raise HierarchyError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+            raise HierarchyError(INVALID, f"log level must be one of {', '.join(LOG_LEVELS)}")
 
     @staticmethod
     def _tag_filters(include: str | None, exclude: str | None, semver: str | None) -> None:
@@ -401,12 +319,12 @@ class Hierarchy:
                     re.compile(pattern)
                 except re.error as err:
                     message = f"{what} {pattern!r} is not a regular expression: {err}"
-                    raise HierarchyError(message) from None
+                    raise HierarchyError(INVALID, message) from None
         if semver is not None:
             try:
                 parse_range(semver)
             except SemverError as err:
-                raise HierarchyError(f"tag semver: {err}") from None
+                raise HierarchyError(INVALID, f"tag semver: {err}") from None
 
     def _create_sync_token(self, name: str, mode: str, repositories: tuple[str, ...]) -> None:
         permissions = tuple(Permission(r, REPOSITORY_ACTIONS[mode]) for r in repositories)
@@ -421,7 +339,7 @@ class Hierarchy:
             )
             self.credentials.create_token(name, name, with_passwords=False)
         except CredentialError as err:
-            raise HierarchyError(f"cannot create the sync token {name!r}: {err}") from None
+            raise HierarchyError(INVALID, f"cannot create the sync token {name!r}: {err}") from None
 
     def _refuse_leftovers(self, name: str) -> None:
         """A token or scope map named `name` (what `delete` without `cleanup` keeps) is refused
@@ -438,6 +356,7 @@ class Hierarchy:
             commands.append(f"`connected-registry scope-map delete {name} --yes`")
         if found:
             raise HierarchyError(
+                INVALID,
                 f"cannot create the sync token {name!r}: {' and '.join(found)} already "
                 f"{'exist' if len(found) > 1 else 'exists'} (a connected registry deleted "
                 f"without --cleanup keeps them); remove {'them' if len(found) > 1 else 'it'} on "
@@ -468,8 +387,8 @@ class Hierarchy:
         add, remove = add_client_tokens or [], remove_client_tokens or []
         both = set(add) & set(remove)
         if both:
-            raise HierarchyError(f"{sorted(both)[0]!r} is both added and removed")
-        with write_transaction(self.store.db):
+            raise HierarchyError(INVALID, f"{sorted(both)[0]!r} is both added and removed")
+        with self.records.transaction():
             cr = self.get(name)
             schedule = sync_schedule or cr.sync_schedule
             window = sync_window if sync_window is not None else cr.sync_window
@@ -484,14 +403,19 @@ class Hierarchy:
             exclude = _filter_update(tag_exclude, cr.tag_exclude)
             semver = _filter_update(tag_semver, cr.tag_semver)
             self._tag_filters(include, exclude, semver)
-            self.conn.execute(
-                "UPDATE connected_registries SET sync_schedule = ?, sync_window = ?, "
-                "message_ttl = ?, log_level = ?, client_tokens = ?, tag_include = ?, "
-                "tag_exclude = ?, tag_semver = ?, updated_at = ? WHERE name = ?",
-                (
-                    schedule, window, ttl, level, json.dumps(tokens), include, exclude, semver,
-                    _now(), name,
-                ),
+            self.records.update_settings(
+                replace(
+                    cr,
+                    sync_schedule=schedule,
+                    sync_window=window,
+                    message_ttl=ttl,
+                    log_level=level,
+                    client_tokens=tuple(tokens),
+                    tag_include=include,
+                    tag_exclude=exclude,
+                    tag_semver=semver,
+                    updated_at=timestamp(),
+                )
             )
         return self.get(name)
 
@@ -503,8 +427,8 @@ class Hierarchy:
         add, remove = list(add or []), list(remove or [])
         both = set(add) & set(remove)
         if both:
-            raise HierarchyError(f"{sorted(both)[0]!r} is both added and removed")
-        with write_transaction(self.store.db):
+            raise HierarchyError(INVALID, f"{sorted(both)[0]!r} is both added and removed")
+        with self.records.transaction():
             cr = self.get(name)
             added = self._repositories(add) if add else ()
             if cr.parent is not None and added:
@@ -512,13 +436,14 @@ class Hierarchy:
                 uncovered = repositories_covered(parent.repositories, added)
                 if uncovered is not None:
                     raise HierarchyError(
+                        INVALID,
                         f"repository {uncovered!r} is not among the repositories of parent "
                         f"{parent.name!r}; add it there first"
                     )
             repositories = tuple(dict.fromkeys([*cr.repositories, *added]))
             repositories = tuple(r for r in repositories if r not in remove)
             if not repositories:
-                raise HierarchyError(f"{name!r} would be left with no repositories")
+                raise HierarchyError(INVALID, f"{name!r} would be left with no repositories")
             self._set_repositories(cr, repositories, added)
             for descendant in self.descendants(name):
                 kept = tuple(r for r in descendant.repositories if r not in remove)
@@ -539,24 +464,22 @@ class Hierarchy:
         for ancestor in self.ancestors(cr.name):
             if added:
                 self._grant(ancestor.sync_token, cr.name, cr.mode, added)
-        self.conn.execute(
-            "UPDATE connected_registries SET repositories = ?, updated_at = ? WHERE name = ?",
-            (json.dumps(list(repositories)), _now(), cr.name),
-        )
+        self.records.set_repositories(cr.name, repositories, timestamp())
 
     def delete(self, name: str, cleanup: bool = False) -> list[str]:
         """Delete the resource. With `cleanup` also its sync token and scope map and its
         gateway actions on every ancestor; without, returns the commands that would."""
-        with write_transaction(self.store.db):
+        with self.records.transaction():
             cr = self.get(name)
             children = self.children(name)
             if children:
                 raise HierarchyError(
+                    INVALID,
                     f"{name!r} has connected registries below it "
                     f"({', '.join(c.name for c in children)}); delete them first"
                 )
             ancestors = self.ancestors(name)
-            self.conn.execute("DELETE FROM connected_registries WHERE name = ?", (name,))
+            self.records.delete(name)
             gateway = (GatewayPermission(name.lower(), frozenset(GATEWAY_ACTIONS)),)
             if not cleanup:
                 return [
@@ -574,10 +497,7 @@ class Hierarchy:
 
     def request_resync(self, name: str) -> ConnectedRegistry:
         self.get(name)
-        self.conn.execute(
-            "UPDATE connected_registries SET resync_requested = 1, updated_at = ? WHERE name = ?",
-            (_now(), name),
-        )
+        self.records.request_resync(name, timestamp())
         return self.get(name)
 
     # -- activation and what instances report ------------------------------------------------
@@ -586,22 +506,17 @@ class Hierarchy:
         self, name: str, instance_id: str, version: str, login_server: str, hostname: str
     ) -> ConnectedRegistry:
         """Claim the resource for one instance; the same instance again is a no-op."""
-        with write_transaction(self.store.db):
+        with self.records.transaction():
             cr = self.get(name)
             if cr.activation_status == ACTIVE and cr.instance_id != instance_id:
-                raise HierarchyError(ALREADY_ACTIVATED_MESSAGE, "ALREADY_ACTIVATED", 409)
-            self.conn.execute(
-                "UPDATE connected_registries SET activation_status = ?, instance_id = ?, "
-                "version = ?, login_server = ?, last_activity_time = ?, reported_state = NULL, "
-                "status_details = '[]' WHERE name = ?",
-                (ACTIVE, instance_id, version, login_server, _now(), name),
-            )
+                raise HierarchyError("ALREADY_ACTIVATED", ALREADY_ACTIVATED_MESSAGE, 409)
+            self.records.activate(name, ACTIVE, instance_id, version, login_server, timestamp())
         return self.get(name)
 
     def deactivate(self, name: str, instance_id: str | None = None) -> None:
         """Release the claim. With `instance_id` (a device asking), only the active instance
         may; without (the root's operator), always."""
-        with write_transaction(self.store.db):
+        with self.records.transaction():
             cr = self.get(name)
             if (
                 instance_id is not None
@@ -609,61 +524,43 @@ class Hierarchy:
                 and (cr.instance_id != instance_id)
             ):
                 raise HierarchyError(
-                    "only the active instance may deactivate this connected registry",
-                    "DENIED",
-                    403,
+                    "DENIED", "only the active instance may deactivate this connected registry", 403
                 )
-            self.conn.execute(
-                "UPDATE connected_registries SET activation_status = ?, instance_id = NULL, "
-                "reported_state = NULL WHERE name = ?",
-                (INACTIVE, name),
-            )
+            self.records.deactivate(name, INACTIVE)
 
     def report_status(self, name: str, report: dict[str, Any]) -> None:
         cr = self.get(name)
         if cr.activation_status != ACTIVE:
             raise HierarchyError(
-                f"connected registry {name!r} is not activated; activate it again",
                 "NOT_ACTIVATED",
+                f"connected registry {name!r} is not activated; activate it again",
                 409,
             )
         details = report.get("statusDetails") or []
         if not isinstance(details, list):
-            raise HierarchyError("statusDetails must be a list", "MANIFEST_INVALID")
-        self.conn.execute(
-            "UPDATE connected_registries SET reported_state = ?, last_sync_time = "
-            "coalesce(?, last_sync_time), version = coalesce(?, version), login_server = "
-            "coalesce(?, login_server), tls = coalesce(?, tls), status_details = ?, "
-            "last_activity_time = ?, resync_requested = CASE WHEN ? THEN 0 ELSE "
-            "resync_requested END WHERE name = ?",
-            (
-                _string(report.get("state")),
-                _string(report.get("lastSyncTime")),
-                _string(report.get("version")),
-                _string(report.get("loginServer")),
-                _string(report.get("tls")),
-                json.dumps(details[:50]),
-                _now(),
-                bool(report.get("resyncDone")),
-                name,
+            raise HierarchyError("MANIFEST_INVALID", "statusDetails must be a list")
+        self.records.report(
+            name,
+            Report(
+                state=_string(report.get("state")),
+                last_sync_time=_string(report.get("lastSyncTime")),
+                version=_string(report.get("version")),
+                login_server=_string(report.get("loginServer")),
+                tls=_string(report.get("tls")),
+                status_details=details[:50],
+                resync_done=bool(report.get("resyncDone")),
             ),
+            timestamp(),
         )
 
     def touch(self, name: str) -> None:
         """Any gateway call is contact: it keeps the registry Online."""
-        self.conn.execute(
-            "UPDATE connected_registries SET last_activity_time = ? WHERE name = ?",
-            (_now(), name),
-        )
+        self.records.touch(name, timestamp())
 
     def touch_relaying(self, token: str, name: str) -> None:
         """A call for `name` made with another registry's sync token (an ancestor relaying):
         contact from that registry too, if it is active."""
-        self.conn.execute(
-            "UPDATE connected_registries SET last_activity_time = ? WHERE sync_token = ? "
-            "AND lower(name) != lower(?) AND activation_status = ?",
-            (_now(), token, name, ACTIVE),
-        )
+        self.records.touch_relaying(token, name, ACTIVE, timestamp())
 
     # -- the settings a device receives ---------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.control.gateway import HIERARCHY
-from appliance.control.hierarchy import HierarchyError
+from appliance.control.hierarchy import INVALID, HierarchyError
 from appliance.control.management_client import LocalManagement
 from appliance.control.node import CLOUD
 from appliance.registry.access import CREDENTIALS, basic_credentials
@@ -88,9 +88,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.read() or b"{}")
     except (ValueError, UnicodeDecodeError):
-        raise HierarchyError("the body must be a JSON object") from None
+        raise HierarchyError(INVALID, "the body must be a JSON object") from None
     if not isinstance(body, dict):
-        raise HierarchyError("the body must be a JSON object")
+        raise HierarchyError(INVALID, "the body must be a JSON object")
     return body
 
 
@@ -101,7 +101,7 @@ def _flag(request: web.Request, key: str) -> bool:
 def _strings(body: dict[str, Any], key: str) -> list[str]:
     value = body.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise HierarchyError(f"{key} must be a list of strings")
+        raise HierarchyError(INVALID, f"{key} must be a list of strings")
     return value
 
 
@@ -136,6 +136,7 @@ async def get_settings(request: web.Request, manage: LocalManagement) -> tuple[i
     unknown = set(body) - {"generatePassword", "parentProtocol"}
     if unknown:
         raise HierarchyError(
+            INVALID,
             f"unknown field {sorted(unknown)[0]!r}; the fields are generatePassword, parentProtocol"
         )
     settings = manage.get_settings(

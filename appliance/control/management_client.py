@@ -29,7 +29,7 @@ from appliance.control.connection_string import (
     is_loopback,
     parse_endpoint,
 )
-from appliance.control.hierarchy import Hierarchy, HierarchyError
+from appliance.control.hierarchy import INVALID, Hierarchy, HierarchyError
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
 from appliance.transport import (
@@ -123,13 +123,17 @@ class Management(ABC):
 def _arguments(body: Any, fields: dict[str, tuple[str, type]], what: str) -> dict[str, Any]:
     """A JSON body as keyword arguments; unknown fields and wrong types are refused by name."""
     if not isinstance(body, dict):
-        raise HierarchyError(f"the {what} body must be a JSON object")
+        raise HierarchyError(INVALID, f"the {what} body must be a JSON object")
     arguments: dict[str, Any] = {}
     for key, value in body.items():
         if key not in fields:
             if key in IMMUTABLE:
-                raise HierarchyError(f"{key} can't be changed after the connected registry is made")
-            raise HierarchyError(f"unknown field {key!r}; the fields are {', '.join(fields)}")
+                raise HierarchyError(
+                    INVALID, f"{key} can't be changed after the connected registry is made"
+                )
+            raise HierarchyError(
+                INVALID, f"unknown field {key!r}; the fields are {', '.join(fields)}"
+            )
         if value is None:
             continue
         argument, kind = fields[key]
@@ -137,7 +141,7 @@ def _arguments(body: Any, fields: dict[str, tuple[str, type]], what: str) -> dic
             kind is list and not all(isinstance(v, str) for v in value)
         ):
             expected = "a list of strings" if kind is list else "a string"
-            raise HierarchyError(f"{key} must be {expected}")
+            raise HierarchyError(INVALID, f"{key} must be {expected}")
         arguments[argument] = value
     return arguments
 
@@ -148,9 +152,9 @@ def _as_hierarchy_errors():
     try:
         yield
     except NotFound as err:
-        raise HierarchyError(str(err), "NAME_UNKNOWN", 404) from None
+        raise HierarchyError("NAME_UNKNOWN", str(err), 404) from None
     except (CredentialError, CertificateError, ConnectionStringError) as err:
-        raise HierarchyError(str(err)) from None
+        raise HierarchyError(INVALID, str(err)) from None
 
 
 class LocalManagement(Management):
@@ -166,7 +170,7 @@ class LocalManagement(Management):
     def create(self, body: Json) -> Json:
         arguments = _arguments(body, CREATE_FIELDS, "create")
         if "name" not in arguments:
-            raise HierarchyError("a connected registry needs a name")
+            raise HierarchyError(INVALID, "a connected registry needs a name")
         self._refuse_admin_token(arguments.get("client_tokens", []))
         with _as_hierarchy_errors():
             return self.hierarchy.to_json(self.hierarchy.create(**arguments))
@@ -176,7 +180,9 @@ class LocalManagement(Management):
         # root's admin credential must never leave the root.
         admin = self.state.get("admin_token")
         if admin in client_tokens:
-            raise HierarchyError(f"{admin!r} is this root's admin token, not a client token")
+            raise HierarchyError(
+                INVALID, f"{admin!r} is this root's admin token, not a client token"
+            )
 
     def list(self, parent: str | None = None, no_children: bool = False) -> list[Json]:
         return [self.hierarchy.to_json(cr) for cr in self.hierarchy.list(parent, no_children)]
@@ -204,18 +210,21 @@ class LocalManagement(Management):
         """The connection string of PROTOCOL.md §1. Everything is checked before a password is
         rotated, so a refused call leaves the device's current password working."""
         if parent_protocol not in PROTOCOLS:
-            raise HierarchyError(f"parentProtocol must be https or http, not {parent_protocol!r}")
+            raise HierarchyError(
+                INVALID, f"parentProtocol must be https or http, not {parent_protocol!r}"
+            )
         # `True` is an int in Python, and not a password number.
         if generate_password is not None and (
             isinstance(generate_password, bool) or generate_password not in (1, 2)
         ):
-            raise HierarchyError("generatePassword must be 1, 2 or null")
+            raise HierarchyError(INVALID, "generatePassword must be 1, 2 or null")
         cr = self.hierarchy.get(name)
         endpoint = self._parent_endpoint(cr.parent)
         with _as_hierarchy_errors():
             host, port = parse_endpoint(endpoint)
         if parent_protocol == "http" and not is_loopback(host):
             raise HierarchyError(
+                INVALID,
                 f"parent protocol http is only allowed for a loopback parent, and {endpoint} is "
                 "not one: use https"
             )
@@ -257,6 +266,7 @@ class LocalManagement(Management):
             login_server = self.state.get("login_server")
             if not login_server:
                 raise HierarchyError(
+                    INVALID,
                     "this root has no login server: run `connected-registry cloud init "
                     "--login-server HOST:PORT`"
                 )
@@ -264,9 +274,9 @@ class LocalManagement(Management):
         login_server = self.hierarchy.get(parent).login_server
         if not login_server:
             raise HierarchyError(
+                "PARENT_NOT_ACTIVATED",
                 f"parent {parent!r} has not reported a login server yet: activate the parent "
                 "first, then get the settings of its children",
-                "PARENT_NOT_ACTIVATED",
                 409,
             )
         # A device reports HOST or HOST:PORT; without a port it serves HTTPS's.
@@ -289,7 +299,9 @@ class LocalManagement(Management):
 
     def update_permissions(self, name: str, add: list[str], remove: list[str]) -> Json:
         if not add and not remove:
-            raise HierarchyError("nothing to change: give repositories to add or to remove")
+            raise HierarchyError(
+                INVALID, "nothing to change: give repositories to add or to remove"
+            )
         with _as_hierarchy_errors():
             self.hierarchy.update_permissions(name, add, remove)
         return self.permissions(name)
@@ -350,7 +362,7 @@ class RemoteManagement(Management):
             try:
                 ca_pem = read_ca_file(self.ca_file)
             except ValueError as err:
-                raise HierarchyError(str(err)) from None
+                raise HierarchyError(INVALID, str(err)) from None
         headers = dict(self.headers)
         payload = None
         if body is not None:
@@ -365,7 +377,7 @@ class RemoteManagement(Management):
                 )
         except PeerError as err:
             unreachable = isinstance(err, Unreachable)
-            raise HierarchyError(err.message, err.code, 503 if unreachable else 502) from None
+            raise HierarchyError(err.code, err.message, 503 if unreachable else 502) from None
         if status >= 400:
             raise _refusal(status, answer, url)
         try:
@@ -373,7 +385,7 @@ class RemoteManagement(Management):
         except ValueError:
             data = None
         if data is None:
-            raise HierarchyError(f"{url.origin()} answered {status} without JSON", "UNKNOWN", 502)
+            raise HierarchyError("UNKNOWN", f"{url.origin()} answered {status} without JSON", 502)
         return data
 
     def create(self, body: Json) -> Json:
@@ -435,9 +447,9 @@ def _refusal(status: int, answer: bytes, url: URL) -> HierarchyError:
     error = first_error(answer)
     if error is not None:
         code, message = error
-        return HierarchyError(message, code, status)
+        return HierarchyError(code, message, status)
     if status == 404:
         return HierarchyError(
-            f"{url.origin()} has no management API: is it a root?", "NAME_UNKNOWN", 404
+            "NAME_UNKNOWN", f"{url.origin()} has no management API: is it a root?", 404
         )
-    return HierarchyError(f"{url.origin()} answered {status}", "UNKNOWN", status)
+    return HierarchyError("UNKNOWN", f"{url.origin()} answered {status}", status)

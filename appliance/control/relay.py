@@ -57,7 +57,8 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.auth.tokens import CREDENTIAL_CACHE_SECONDS, CredentialError, Credentials
+from appliance.auth.credential_checks import CREDENTIAL_CACHE_SECONDS
+from appliance.auth.tokens import CredentialError, Credentials
 from appliance.control.gateway_client import GatewayClient, GatewayError, ParentUnreachable
 from appliance.control.hierarchy import settings_etag
 from appliance.control.node import CONNECTED, NodeState

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -27,8 +27,11 @@ from appliance.oci.manifests import (
 from appliance.storage.blobs import place_blob_file, withdraw_blob_file
 from appliance.storage.durability import WalSync
 from appliance.storage.layout import Layout
+from appliance.storage.node import Node
+from appliance.storage.outbox import Outbox
 from appliance.storage.schema import connect, write_transaction
 from appliance.storage.space import DiskFull, refused_when_full
+from appliance.storage.timestamps import timestamp
 from appliance.storage.uploads import Uploads, UploadStatus
 
 
@@ -48,6 +51,16 @@ class StoredManifest:
 
 
 @dataclass(frozen=True, slots=True)
+class Holdings:
+    """How much content this node holds (for status)."""
+
+    repositories: int
+    tags: int
+    blobs: int
+    blob_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Referrer:
     media_type: str
     digest: str
@@ -64,23 +77,6 @@ class Referrer:
         return d
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """A write to replay to the parent: `op` is 'put' or 'delete'; `tag` None for the
-    manifest itself."""
-
-    seq: int
-    repository: str
-    op: str
-    tag: str | None
-    digest: str
-    time: str
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class Store:
     def __init__(self, data_dir: Path, group_commit: bool = False) -> None:
         """With `group_commit` (the server), writes are durable once `flush()` returns; without
@@ -95,8 +91,8 @@ class Store:
             else None
         )
         self.uploads = Uploads(self.layout, self.db)
-        self._state: dict[str, str] | None = None
-        self._state_version = -1
+        self.node = Node(self.conn)
+        self.outbox = Outbox(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -108,45 +104,44 @@ class Store:
         if self._wal_sync is not None:
             await self._wal_sync.sync()
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; nested, it joins the outer one. Inside it, only storage
+        calls: nothing that waits on the network (docs/ARCHITECTURE.md, storage interfaces)."""
+        with write_transaction(self.db):
+            yield
+
     # -- node state ------------------------------------------------------------------------
+    # By key, for the callers not yet on `store.node`'s typed attributes.
 
     def state(self, key: str) -> str | None:
-        """A node_state value. Read on every write request (mode, role), so kept in memory and
-        reloaded when another process (an `activate`, a CLI command) has committed since:
-        `PRAGMA data_version` changes exactly then."""
-        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        if self._state is None or version != self._state_version:
-            self._state = dict(self.conn.execute("SELECT key, value FROM node_state"))
-            self._state_version = version
-        return self._state.get(key)
+        return self.node.get(key)
 
     def set_state(self, key: str, value: str) -> None:
-        self.conn.execute(
-            "INSERT INTO node_state (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-        self._state = None
+        self.node.set(key, value)
 
     def state_keys(self, prefix: str) -> list[str]:
-        """The node_state keys that start with `prefix`, in order (a range scan of the key)."""
-        return [
-            row[0]
-            for row in self.conn.execute(
-                "SELECT key FROM node_state WHERE key >= ? AND key < ? ORDER BY key",
-                (prefix, prefix + "\U0010ffff"),
-            )
-        ]
+        return self.node.keys(prefix)
 
     def delete_state(self, key: str) -> None:
-        self.conn.execute("DELETE FROM node_state WHERE key = ?", (key,))
-        self._state = None
+        self.node.delete(key)
 
     @property
     def has_parent(self) -> bool:
-        return self.state("role") == "connected"
+        return self.node.role == "connected"
 
     # -- reads -----------------------------------------------------------------------------
+
+    def holdings(self) -> Holdings:
+        blobs, blob_bytes = self.conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM blobs"
+        ).fetchone()
+        return Holdings(
+            self.conn.execute("SELECT count(*) FROM repositories").fetchone()[0],
+            self.conn.execute("SELECT count(*) FROM tags").fetchone()[0],
+            blobs,
+            blob_bytes,
+        )
 
     def repository_id(self, name: str) -> int | None:
         row = self.conn.execute("SELECT id FROM repositories WHERE name = ?", (name,)).fetchone()
@@ -316,7 +311,7 @@ class Store:
         ]
 
     def _link_blob(self, repository: str, digest: Digest, size: int) -> None:
-        now = _now()
+        now = timestamp()
         repository_id = self._ensure_repository(repository, now)
         self.conn.execute(
             "INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) "
@@ -376,7 +371,7 @@ class Store:
         parsed = parse_manifest(body, content_type)
         repository_id = self.repository_id(repository)
         self._check_references(repository_id, parsed)
-        now = _now()
+        now = timestamp()
         annotations = json.dumps(parsed.annotations) if parsed.annotations else None
         with write_transaction(self.db):
             repository_id = self._ensure_repository(repository, now)
@@ -462,7 +457,7 @@ class Store:
 
     def delete_tag(self, repository: str, tag: str, origin: Origin = Origin.LOCAL) -> None:
         repository_id = self.repository_id(repository)
-        now = _now()
+        now = timestamp()
         with write_transaction(self.db):
             row = self.conn.execute(
                 "DELETE FROM tags WHERE repository_id = ? AND name = ? RETURNING digest",
@@ -477,7 +472,7 @@ class Store:
     ) -> None:
         """Remove a manifest from a repository, with every tag that points at it."""
         repository_id = self.repository_id(repository)
-        now = _now()
+        now = timestamp()
         with write_transaction(self.db):
             removed = self.conn.execute(
                 "DELETE FROM repository_manifests WHERE repository_id = ? AND digest = ?",
@@ -525,22 +520,20 @@ class Store:
             self.conn.execute("DELETE FROM repositories WHERE id = ?", (repository_id,))
         return removed
 
-    # -- the outbox (push sync) -------------------------------------------------------------
+    # -- what push sync asks -------------------------------------------------------------
 
-    def outbox(self, after: int, limit: int) -> list[OutboxRow]:
-        """Up to `limit` outbox rows after sequence number `after`, oldest first."""
+    def repositories_with_local_content(self) -> list[str]:
+        """Repositories holding a tag or manifest that did not come from the parent, by name."""
         return [
-            OutboxRow(*row)
+            row[0]
             for row in self.conn.execute(
-                "SELECT seq, repository, op, tag, digest, time FROM outbox "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
+                "SELECT r.name FROM repositories r WHERE "
+                "EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = r.id AND t.origin != ?) "
+                "OR EXISTS (SELECT 1 FROM repository_manifests m "
+                "WHERE m.repository_id = r.id AND m.origin != ?) ORDER BY r.name",
+                (Origin.PARENT.value, Origin.PARENT.value),
             )
         ]
-
-    def remove_outbox(self, seq: int) -> None:
-        """A row that was applied upward (or dropped): it is never replayed again."""
-        self.conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
     def local_manifests(self, repository: str) -> list[str]:
         """Digests of the repository's manifests that did not come from the parent."""
@@ -576,10 +569,7 @@ class Store:
             (repository, op, tag, str(digest), origin.value, now),
         )
         if origin is not Origin.PARENT and self.has_parent:
-            self.conn.execute(
-                "INSERT INTO outbox (repository, op, tag, digest, time) VALUES (?, ?, ?, ?, ?)",
-                (repository, op, tag, str(digest), now),
-            )
+            self.outbox.append(repository, op, tag, str(digest), now)
 
 
 def manifest_too_large(size: int) -> OCIError:

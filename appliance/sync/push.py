@@ -48,8 +48,9 @@ from appliance.control.schedule import DEFAULT_TTL, ScheduleError, parse_duratio
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
-from appliance.storage.schema import write_transaction
-from appliance.storage.store import Origin, OutboxRow, Store
+from appliance.storage.outbox import OutboxRow
+from appliance.storage.store import Origin, Store
+from appliance.storage.timestamps import timestamp
 from appliance.sync.client import RegistryClient, RegistryError, UpstreamUnreachable
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class PushReport:
 
 def pending(store: Store) -> int:
     """Outbox rows waiting (for a dry run and for status)."""
-    return int(store.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    return store.outbox.pending()
 
 
 class Push:
@@ -159,7 +160,7 @@ class Push:
                 if repository in blocked or not self._in_scope(repository):
                     continue
                 await self._reconcile(repository)
-                self.store.delete_state(RECONCILE + repository)
+                self.store.node.delete(RECONCILE + repository)
                 self.report.reconciled.append(repository)
         except UpstreamUnreachable as err:
             self.report.unreachable = True
@@ -169,26 +170,17 @@ class Push:
     # -- TTL -------------------------------------------------------------------------------
 
     def _drop_expired(self) -> None:
-        cutoff = (self.now - self.ttl).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        with write_transaction(self.store.db):
-            expired = self.store.conn.execute(
-                "DELETE FROM outbox WHERE time < ? RETURNING repository", (cutoff,)
-            ).fetchall()
-            for repository in sorted({row[0] for row in expired}):
+        with self.store.transaction():
+            expired = self.store.outbox.drop_older_than(timestamp(self.now - self.ttl))
+            for repository in sorted(set(expired)):
                 # The content stays; only the message went: compare the whole repository.
-                self.store.set_state(RECONCILE + repository, "1")
+                self.store.node.set(RECONCILE + repository, "1")
         if expired:
             self.report.expired = len(expired)
             log.warning("dropped %d outbox rows older than %s", len(expired), self.ttl)
 
     def _marked(self) -> list[str]:
-        return sorted(
-            row[0][len(RECONCILE) :]
-            for row in self.store.conn.execute(
-                "SELECT key FROM node_state WHERE key >= ? AND key < ?",
-                (RECONCILE, RECONCILE[:-1] + chr(ord("/") + 1)),
-            )
-        )
+        return [key[len(RECONCILE) :] for key in self.store.node.keys(RECONCILE)]
 
     # -- the replay ------------------------------------------------------------------------
 
@@ -197,7 +189,7 @@ class Push:
         blocked: set[str] = set()
         after = 0
         for _ in range(MAX_ROWS // PAGE):
-            rows = self.store.outbox(after, PAGE)
+            rows = self.store.outbox.rows(after, PAGE)
             if not rows:
                 break
             for row in rows:
@@ -215,7 +207,7 @@ class Push:
                         f"{PUSH_FAILED}: {row.repository}: {_code(err)}: {err.message}"
                     )
                     continue
-                self.store.remove_outbox(row.seq)
+                self.store.outbox.remove(row.seq)
                 self.report.rows += 1
         return blocked
 
@@ -248,7 +240,7 @@ class Push:
         await self._push_manifest(repository, digest)
         now = await self.client.head_manifest(repository, tag)
         key = parent_tag_key(repository, tag)
-        last = self.store.state(key)
+        last = self.store.node.get(key)
         if now == digest:
             self._handed(repository, tag, str(digest))
             return
@@ -264,8 +256,8 @@ class Push:
 
     def _handed(self, repository: str, tag: str, digest: str) -> None:
         """The parent's tag is at our digest: remember it, and let the pull follow it now."""
-        with write_transaction(self.store.db):
-            self.store.set_state(parent_tag_key(repository, tag), digest)
+        with self.store.transaction():
+            self.store.node.set(parent_tag_key(repository, tag), digest)
             self.store.hand_tag_to_parent(repository, tag, digest)
 
     def _conflict(self, repository: str, tag: str, ours: str, theirs: Digest | None) -> None:
@@ -282,9 +274,9 @@ class Push:
         now = await self.client.head_manifest(repository, tag)
         key = parent_tag_key(repository, tag)
         if now is None:
-            self.store.delete_state(key)
+            self.store.node.delete(key)
             return
-        if str(now) not in (digest, self.store.state(key)):
+        if str(now) not in (digest, self.store.node.get(key)):
             # The parent moved the tag since: its move wins over our delete.
             self.report.conflicts.append(
                 f"{TAG_CONFLICT}: {repository}:{tag} was deleted here and moved on the parent "
@@ -294,7 +286,7 @@ class Push:
             return
         if await self.client.delete_manifest(repository, tag):
             self.report.tags_deleted += 1
-        self.store.delete_state(key)
+        self.store.node.delete(key)
 
     # -- manifests and blobs ---------------------------------------------------------------
 

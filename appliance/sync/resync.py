@@ -14,12 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.control.node import CONNECTED, NodeState
-from appliance.control.roles import READ_WRITE
-from appliance.storage.schema import write_transaction
-from appliance.storage.store import Origin, Store
+from appliance.control.roles import CONNECTED, READ_WRITE
+from appliance.storage.store import Store
 from appliance.sync.push import RECONCILE
-from appliance.sync.run import RESYNC_REQUESTED
 
 
 class NotConnected(Exception):
@@ -33,23 +30,12 @@ class Resync:
 
 
 def request_resync(store: Store) -> Resync:
-    node = NodeState(store)
+    node = store.node
     if node.role != CONNECTED:
         raise NotConnected()
-    upward: list[str] = []
-    if node.mode == READ_WRITE:
-        upward = [
-            row[0]
-            for row in store.conn.execute(
-                "SELECT DISTINCT r.name FROM repositories r WHERE "
-                "EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = r.id AND t.origin != ?) "
-                "OR EXISTS (SELECT 1 FROM repository_manifests m "
-                "WHERE m.repository_id = r.id AND m.origin != ?) ORDER BY r.name",
-                (Origin.PARENT.value, Origin.PARENT.value),
-            )
-        ]
-    with write_transaction(store.db):
-        store.set_state(RESYNC_REQUESTED, "1")
+    upward = store.repositories_with_local_content() if node.mode == READ_WRITE else []
+    with store.transaction():
+        node.resync_requested = True
         for repository in upward:
-            store.set_state(RECONCILE + repository, "1")
+            node.set(RECONCILE + repository, "1")
     return Resync(pull=True, push=upward)

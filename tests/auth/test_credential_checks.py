@@ -16,14 +16,10 @@ import aiohttp
 import pytest
 from auth_helpers import ALL_ACTIONS, auth_server, write_config
 
-from appliance.auth import tokens
+from appliance.auth import credential_checks
+from appliance.auth.credential_checks import CREDENTIAL_CACHE_SECONDS, CREDENTIAL_REFRESH_SECONDS
 from appliance.auth.passwords import PasswordChecks
-from appliance.auth.tokens import (
-    CREDENTIAL_CACHE_SECONDS,
-    CREDENTIAL_REFRESH_SECONDS,
-    Credentials,
-    parse_permissions,
-)
+from appliance.auth.tokens import Credentials, parse_permissions
 from appliance.storage.store import Store
 
 CHECK_LINE = "checking a password against its scrypt hash"
@@ -82,7 +78,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(tokens, "monotonic", clock)
+    monkeypatch.setattr(credential_checks, "monotonic", clock)
     return clock
 
 
