@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from auth_helpers import ALL_ACTIONS, auth_server, write_config
+from support.auth import ALL_ACTIONS, auth_server, write_config
 
 from appliance.auth import tokens
 from appliance.auth.passwords import PasswordChecks

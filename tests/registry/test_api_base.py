@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import aiohttp
-from helpers import API_VERSION, assert_oci_error
+from support.registry import API_VERSION, assert_oci_error
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 
 async def test_version_check_answers_200_with_api_version_header(

@@ -6,11 +6,11 @@ import os
 from typing import TYPE_CHECKING
 
 import aiohttp
-from helpers import MISSING_DIGEST, absolute, get_blob, with_query
-from oci import digest_of, push_blob
+from support.oci import digest_of, push_blob
+from support.registry import MISSING_DIGEST, absolute, get_blob, with_query
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 DATA = os.urandom(4000)
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from helpers import MISSING_DIGEST, assert_oci_error, get_blob
-from oci import digest_of, push_blob
+from support.oci import digest_of, push_blob
+from support.registry import MISSING_DIGEST, assert_oci_error, get_blob
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 DATA = os.urandom(5000)
 

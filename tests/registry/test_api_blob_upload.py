@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from helpers import (
+from support.oci import digest_of, push_blob
+from support.registry import (
     absolute,
     assert_oci_error,
     get_blob,
@@ -21,11 +22,10 @@ from helpers import (
     stream,
     with_query,
 )
-from oci import digest_of, push_blob
 from yarl import URL
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 DATA = os.urandom(3 * 65536 + 123)
 

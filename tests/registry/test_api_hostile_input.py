@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from helpers import (
+from support.oci import OCI_MANIFEST, digest_of, make_image, push_blob, push_image, push_manifest
+from support.registry import (
     assert_not_server_error,
     assert_oci_error,
     get_blob,
@@ -19,10 +20,9 @@ from helpers import (
     start_upload,
     with_query,
 )
-from oci import OCI_MANIFEST, digest_of, make_image, push_blob, push_image, push_manifest
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 BAD_NAMES = [
     "../evil",

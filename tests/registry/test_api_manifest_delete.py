@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import aiohttp
-from helpers import MISSING_DIGEST, assert_oci_error, get_blob, get_manifest, list_tags
-from oci import OCI_MANIFEST, digest_of, make_image, push_image, push_manifest
+from support.oci import OCI_MANIFEST, digest_of, make_image, push_image, push_manifest
+from support.registry import MISSING_DIGEST, assert_oci_error, get_blob, get_manifest, list_tags
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 
 async def delete_manifest(

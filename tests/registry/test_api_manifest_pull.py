@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from helpers import MISSING_DIGEST, assert_oci_error
-from oci import (
+from support.oci import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -21,9 +20,10 @@ from oci import (
     push_image,
     push_manifest,
 )
+from support.registry import MISSING_DIGEST, assert_oci_error
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 ACCEPT_ALL = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 

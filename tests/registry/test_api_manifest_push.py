@@ -8,17 +8,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from helpers import (
-    EMPTY_CONFIG,
-    absolute,
-    assert_oci_error,
-    get_manifest,
-    list_tags,
-    make_artifact,
-    make_index,
-    subject_of,
-)
-from oci import (
+from support.oci import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -35,10 +25,20 @@ from oci import (
     push_image,
     push_manifest,
 )
+from support.registry import (
+    EMPTY_CONFIG,
+    absolute,
+    assert_oci_error,
+    get_manifest,
+    list_tags,
+    make_artifact,
+    make_index,
+    subject_of,
+)
 from yarl import URL
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 MIB = 1024 * 1024
 

@@ -12,8 +12,9 @@ import re
 from collections.abc import AsyncIterator, Collection
 
 import aiohttp
-from oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Image, canonical, descriptor
 from yarl import URL
+
+from support.oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Image, canonical, descriptor
 
 SPEC_ERROR_CODES = frozenset({
     "BLOB_UNKNOWN",
