@@ -54,7 +54,7 @@ async def test_blob_in_unknown_repository_is_404(
     registry: RegistryProcess, http: aiohttp.ClientSession, repo: str
 ) -> None:
     async with http.get(f"{registry.url}/v2/{repo}/blobs/{MISSING_DIGEST}") as resp:
-        await assert_oci_error(resp, 404, "BLOB_UNKNOWN", "NAME_UNKNOWN")
+        await assert_oci_error(resp, 404, "BLOB_UNKNOWN")
 
 
 async def test_blob_pushed_to_another_repository_is_not_readable(
@@ -148,7 +148,7 @@ async def test_sha512_digest_is_refused_with_a_message_naming_sha256(
 ) -> None:
     await push_blob(http, registry.url, repo, DATA)
     async with http.get(f"{registry.url}/v2/{repo}/blobs/sha512:{'a' * 128}") as resp:
-        error = await assert_oci_error(resp, 400, "DIGEST_INVALID", "UNSUPPORTED")
+        error = await assert_oci_error(resp, 400, "DIGEST_INVALID")
     assert "sha256" in error["message"].lower(), error
 
 

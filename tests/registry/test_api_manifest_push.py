@@ -166,7 +166,7 @@ async def test_malformed_manifest_is_400_manifest_invalid(
     registry: RegistryProcess, http: aiohttp.ClientSession, repo: str, body: bytes
 ) -> None:
     resp = await push_manifest(http, registry.url, repo, "bad", body, OCI_MANIFEST)
-    await assert_oci_error(resp, 400, "MANIFEST_INVALID", "DIGEST_INVALID")
+    await assert_oci_error(resp, 400, "MANIFEST_INVALID")
 
 
 async def test_manifest_referencing_a_missing_blob_is_400_manifest_blob_unknown(
@@ -368,5 +368,5 @@ async def test_put_by_sha512_digest_is_refused_with_a_message_naming_sha256(
     await push_blobs(http, registry.url, repo, image)
     reference = "sha512:" + hashlib.sha512(image.manifest).hexdigest()
     resp = await push_manifest(http, registry.url, repo, reference, image.manifest, OCI_MANIFEST)
-    error = await assert_oci_error(resp, 400, "DIGEST_INVALID", "UNSUPPORTED")
+    error = await assert_oci_error(resp, 400, "DIGEST_INVALID")
     assert "sha256" in error["message"].lower(), error
