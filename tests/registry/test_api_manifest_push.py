@@ -156,10 +156,12 @@ async def test_push_by_digest_with_mismatched_body_is_400_digest_invalid(
         b'{"schemaVersion": 2, "mediaType": "' + OCI_MANIFEST.encode() + b'",'
         b' "config": {"mediaType": "a/b", "digest": "sha256:x", "size": 2}, "layers": "abc"}',
         b"[" * 100000 + b"]" * 100000,
+        b'{"schemaVersion": ' + b"9" * 5000 + b"}",
     ],
     ids=[
         "broken", "empty", "array", "null", "string", "not-utf8", "no-config", "schema1",
         "config-missing", "config-wrong-types", "layers-not-list", "deeply-nested",
+        "5000-digit-number",
     ],
 )
 async def test_malformed_manifest_is_400_manifest_invalid(
