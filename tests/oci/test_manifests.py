@@ -102,8 +102,9 @@ def test_an_image_manifest_parses_to_its_config_and_layers(doc: dict[str, Any]) 
     assert parsed.annotations == doc.get("annotations", {})
     assert parsed.artifact_type == doc.get("artifactType")
     if "subject" in doc:
+        assert parsed.subject is not None
         subject = parsed.subject
-        assert subject and (subject.media_type, subject.digest, subject.size) == listed(doc["subject"])
+        assert (subject.media_type, subject.digest, subject.size) == listed(doc["subject"])
     else:
         assert parsed.subject is None
 
