@@ -118,11 +118,8 @@ def parse_manifest(body: bytes, content_type: str) -> ParsedManifest:
     media_type = content_type.split(";", 1)[0].strip()
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except ValueError as err:  # bad UTF-8, bad JSON, or a number of more digits than int() takes
         raise _invalid(f"manifest is not valid JSON: {err}") from None
-    except ValueError:
-        # json.loads parses integers with int(), which refuses more than 4300 digits.
-        raise _invalid("manifest holds a number too long to read") from None
     except RecursionError:
         raise _invalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from auth_helpers import (
+from support.auth import (
     ALL_ACTIONS,
     READER,
     AuthServer,
@@ -30,7 +30,7 @@ from auth_helpers import (
     seed_repository,
     unique,
 )
-from oci import OCI_MANIFEST, digest_of, make_image, push_blob, push_image
+from support.oci import OCI_MANIFEST, digest_of, make_image, push_blob, push_image
 
 from appliance.auth.scopes import allowed_actions, matches
 from appliance.auth.tokens import parse_permissions

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from auth_helpers import (
+from support.auth import (
     ALL_ACTIONS,
     READER,
     AuthServer,
@@ -29,8 +29,8 @@ from auth_helpers import (
     seed_repository,
     write_config,
 )
-from conftest import RegistryProcess
-from oci import OCI_MANIFEST, digest_of, make_image, push_blob
+from support.oci import OCI_MANIFEST, digest_of, make_image, push_blob
+from support.server import RegistryProcess
 
 from appliance.storage.store import Store
 

@@ -19,7 +19,10 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from auth_helpers import (
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from support.auth import (
     ALL_ACTIONS,
     READER,
     AuthServer,
@@ -32,9 +35,6 @@ from auth_helpers import (
     jwt_header,
     seed_repository,
 )
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 REPO = "team/app"
 TAGS = f"/v2/{REPO}/tags/list"

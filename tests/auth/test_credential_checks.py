@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from auth_helpers import ALL_ACTIONS, auth_server, write_config
+from support.auth import ALL_ACTIONS, auth_server, write_config
 
 from appliance.auth import credential_checks
 from appliance.auth.credential_checks import CREDENTIAL_CACHE_SECONDS, CREDENTIAL_REFRESH_SECONDS

@@ -26,16 +26,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-# tests/ is on sys.path (the rootdir conftest puts it there), so the skopeo tests' layout
-# builder is importable from this directory as `clients.oci_layout`.
-from clients.oci_layout import Layout as OCILayout
-from clients.oci_layout import tagged_digest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
+from support.oci_layout import Layout as OCILayout
+from support.oci_layout import tagged_digest
 
 from appliance.auth.certificates import ca_fingerprint
 from appliance.auth.tokens import Credentials, parse_permissions

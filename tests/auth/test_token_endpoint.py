@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from auth_helpers import (
+from support.auth import (
     ALL_ACTIONS,
     READER,
     AuthServer,

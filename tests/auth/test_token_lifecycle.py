@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
-from auth_helpers import (
+from support.auth import (
     ALL_ACTIONS,
     READER,
     AuthServer,

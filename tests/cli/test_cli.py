@@ -1,3 +1,4 @@
+
 """The command line as a person uses it: `python -m appliance ...` in a child process.
 
 Covers `--version`, `--help`, config validation (unknown keys and bad values are usage errors:
@@ -8,7 +9,6 @@ found: flag > environment > config file > defaults (DESIGN §7).
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -23,24 +23,11 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from support.cli import PROJECT, clean_env
+from support.server import free_port
 
-PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_URL = "http://127.0.0.1:5050"
 DEFAULT_DATA = "connected-registry-data"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without our variables, the project importable from any cwd."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
 
 
 def run_cli(

@@ -1,3 +1,4 @@
+
 """The data directory as a command meets it: the real command in a child process.
 
 Commands that set a node up (`serve`, `cloud init`, `token create`, …) may make its data
@@ -9,7 +10,6 @@ the packaged timer's role check skips it. One `serve` per data directory.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import socket
@@ -20,21 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support.cli import PROJECT, clean_env
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
     StartRegistry = Callable[..., RegistryProcess]
 
-PROJECT = Path(__file__).resolve().parents[2]
 SYNC_UNIT = PROJECT / "systemd" / "connected-registry-sync.service"
 SERVICE_UNIT = PROJECT / "systemd" / "connected-registry.service"
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-    return env
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

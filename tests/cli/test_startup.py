@@ -25,12 +25,12 @@ from typing import Any
 import aiohttp
 import click
 import pytest
-from oci import make_image, push_image
+from support.cli import PROJECT, clean_env
+from support.oci import make_image, push_image
 
 import appliance.cli
 from appliance.cli import cli
 
-PROJECT = Path(__file__).resolve().parents[2]
 # Every command a person can type, and `system`, which the units use and the help hides.
 LISTED = {
     "activate",
@@ -61,13 +61,6 @@ sys.argv = ["connected-registry", *sys.argv[1:]]
 from appliance.cli import main
 main()
 """
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
 
 
 def run_probed(

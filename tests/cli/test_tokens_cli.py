@@ -1,3 +1,4 @@
+
 """`connected-registry token …` and `scope-map …` as an operator uses them: the real command in a
 child process on a data directory, and a real server on the same directory proving that what
 the commands did is what clients get, at once.
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -18,22 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import pexpect
 import pytest
+from support.cli import clean_env
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
     StartRegistry = Callable[..., RegistryProcess]
 
-PROJECT = Path(__file__).resolve().parents[2]
 PULL = ("content/read", "metadata/read")
 AUTH_ARGS = ["--auth", "--insecure-http"]
-
-
-def clean_env() -> dict[str, str]:
-    """The caller's environment without our variables, the project importable from any cwd."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-    return env
 
 
 class Node:

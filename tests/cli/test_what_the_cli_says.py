@@ -2,39 +2,27 @@
 wrong, and warnings where a node runs without what its role expects.
 
 Every command is the real one in a child process (`python -m appliance`, stdin /dev/null); the
-hierarchy cases use a real root served on loopback (tests/control/test_activation.py's).
+hierarchy cases use a real root served on loopback (tests/support/hierarchy.py's).
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from control.test_activation import Root, activate, make_root, one_error_line, run
+from support.cli import one_error_line, run
+from support.hierarchy import Root, activate
+from support.server import free_port
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
     StartRegistry = Callable[..., RegistryProcess]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def root(start_registry: StartRegistry, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
 
 
 def served_status(device: Path) -> dict:

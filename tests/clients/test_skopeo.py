@@ -19,13 +19,13 @@ from urllib.parse import unquote
 
 import aiohttp
 import pytest
-from oci_layout import (
+from support.oci_layout import (
     OCI_INDEX,
     OCI_MANIFEST,
     Layout,
     closure,
+    digest_of,
     read_blob,
-    sha256_digest,
     tagged_digest,
 )
 
@@ -85,7 +85,7 @@ def assert_same_content(src: Path, src_tag: str, out: Path, out_tag: str) -> str
     received = closure(out, pulled)
     assert sorted(received) == sorted(sent), "the pulled layout has a different set of blobs"
     for digest, data in received.items():
-        assert sha256_digest(data) == digest, f"pulled blob {digest} does not hash to its name"
+        assert digest_of(data) == digest, f"pulled blob {digest} does not hash to its name"
         assert data == sent[digest], f"pulled blob {digest} differs from the pushed one"
     return pulled
 

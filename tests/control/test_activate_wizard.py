@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from test_activation import Root, clean_env, https_root, node_state, root  # noqa: F401
+from support.cli import clean_env
+from support.hierarchy import Root, node_state
 
 from appliance.cli.activate import SERVICE_UNIT
 
@@ -28,7 +29,7 @@ def wizard(device: Path) -> pexpect.spawn:
 
 
 def test_the_wizard_asks_again_after_a_wrong_string_then_activates(
-    root: Root,  # noqa: F811 - the fixture of test_activation
+    root: Root,
     tmp_path: Path,
 ) -> None:
     password = root.create("edge01", ["demo/*"])
@@ -64,7 +65,7 @@ def test_the_wizard_asks_again_after_a_wrong_string_then_activates(
 
 
 def test_the_wizard_asks_before_trusting_a_pinned_fingerprint(
-    https_root: Root,  # noqa: F811 - the fixture of test_activation
+    https_root: Root,
     tmp_path: Path,
 ) -> None:
     password = https_root.create("edge01", ["demo/*"])

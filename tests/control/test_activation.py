@@ -11,61 +11,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import stat
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
+from support.cli import clean_env, one_error_line, run
+from support.hierarchy import PULL, Root, StartRegistry, activate, node_state
+from support.server import free_port
 
-from appliance.auth.certificates import ca_fingerprint
 from appliance.auth.scopes import Permission
 from appliance.auth.tokens import Credentials
-from appliance.control.connection_string import ConnectionString
-from appliance.control.hierarchy import ALREADY_ACTIVATED_MESSAGE, Hierarchy
-from appliance.control.node import NodeState
+from appliance.control.hierarchy import ALREADY_ACTIVATED_MESSAGE
 from appliance.storage.layout import Layout
 from appliance.storage.store import Store
-
-if TYPE_CHECKING:
-    from conftest import RegistryProcess
-
-    StartRegistry = Callable[..., RegistryProcess]
-
-PROJECT = Path(__file__).resolve().parents[2]
-PULL = frozenset({"content/read", "metadata/read"})
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real command, without a terminal (stdin is /dev/null)."""
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        env=env or clean_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=90,
-    )
-
-
-def activate(
-    device: Path, connection: str | ConnectionString, *args: str
-) -> subprocess.CompletedProcess[str]:
-    return run(
-        "activate", "--data-dir", str(device), "--connection-string", str(connection),
-        "--yes", "--no-start", *args,
-    )
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, str]] | None:
@@ -79,90 +42,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, str]] | None:
         )
         for path in sorted(folder.rglob("*"))
     }
-
-
-def node_state(data_dir: Path) -> dict[str, str]:
-    store = Store(data_dir)
-    try:
-        return dict(store.conn.execute("SELECT key, value FROM node_state"))
-    finally:
-        store.close()
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), lines[0]
-    return lines[0]
-
-
-@dataclass
-class Root:
-    """A root registry process and its database, opened in-process for management."""
-
-    server: RegistryProcess
-    store: Store
-    credentials: Credentials
-    hierarchy: Hierarchy
-    client_password: str
-    protocol: str = "http"
-    fingerprint: str | None = None
-
-    def create(self, name: str, repositories: list[str], **kwargs: object) -> str:
-        """A connected registry and a password for its sync token."""
-        self.hierarchy.create(name, repositories, **kwargs)  # type: ignore[arg-type]
-        return self.credentials.generate_password(name, "password1")
-
-    def connection(self, name: str, password: str, **changes: object) -> ConnectionString:
-        fields: dict[str, object] = {
-            "registry_name": name, "token_name": name, "password": password,
-            "host": "127.0.0.1", "port": self.server.port, "protocol": self.protocol,
-            "fingerprint": self.fingerprint,
-        }
-        fields.update(changes)
-        return ConnectionString(**fields)  # type: ignore[arg-type]
-
-    def status(self, name: str) -> str:
-        return self.hierarchy.get(name).activation_status
-
-
-def make_root(start_registry: StartRegistry, data: Path, args: list[str]) -> Root:
-    server = start_registry(data_dir=data, args=args)
-    store = Store(data)
-    node = NodeState(store)
-    node.set("role", "cloud")
-    node.set("login_server", server.host)
-    credentials = Credentials(store.db)
-    credentials.create_scope_map("demo-pull", (Permission("demo/*", PULL),))
-    _, passwords = credentials.create_token("client01", "demo-pull")
-    return Root(server, store, credentials, Hierarchy(store, credentials), passwords["password1"])
-
-
-@pytest.fixture
-def root(start_registry: StartRegistry, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
-
-
-@pytest.fixture
-def https_root(start_registry: StartRegistry, tmp_path: Path) -> Iterator[Root]:
-    data = tmp_path / "root"
-    generated = run("tls", "generate", "--data-dir", str(data), "--host", "127.0.0.1")
-    assert generated.returncode == 0, generated.stderr
-    layout = Layout(data)
-    made = make_root(
-        start_registry, data,
-        [
-            "--auth",
-            "--tls-cert", str(layout.tls_server_cert),
-            "--tls-key", str(layout.tls_server_key),
-        ],
-    )
-    made.protocol = "https"
-    made.fingerprint = ca_fingerprint(layout)
-    yield made
-    made.store.close()
 
 
 def basic(user: str, password: str) -> str:
@@ -377,8 +256,6 @@ def test_a_wrong_password_is_unauthorized_and_writes_nothing(root: Root, tmp_pat
 def test_an_unreachable_parent_is_a_clear_error_and_writes_nothing(
     tmp_path: Path, root: Root
 ) -> None:
-    from conftest import free_port
-
     port = free_port()
     device = tmp_path / "device"
     connection = root.connection("edge01", "x" * 43, port=port)

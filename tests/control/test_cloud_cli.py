@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from support.cli import clean_env
 
 from appliance.auth.certificates import ca_fingerprint
 from appliance.control.connection_string import parse
@@ -25,19 +25,12 @@ from appliance.storage.layout import Layout
 from appliance.storage.store import Store
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
     StartRegistry = Callable[..., RegistryProcess]
 
-PROJECT = Path(__file__).resolve().parents[2]
 GATEWAY_ACTIONS = ["config/read", "config/write", "message/read", "message/write"]
 ALL_ACTIONS = ["content/delete", "content/read", "content/write", "metadata/read", "metadata/write"]
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-    return env
 
 
 class Node:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RegistryProcess
-from test_activation import clean_env
+from support.cli import run
+from support.hierarchy import node_state
+from support.server import RegistryProcess
 
 from appliance.control.connection_string import parse
 from appliance.control.gateway_client import GatewayClient, GatewayError
@@ -34,15 +34,6 @@ from appliance.storage.store import Store
 SECURE_LOCAL = ["--auth", "--insecure-http"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
 
 
 def ok(*args: str) -> str:
@@ -100,14 +91,6 @@ def activate(data_dir: Path, connection: str, *args: str) -> subprocess.Complete
         "--no-start",
         *args,
     )
-
-
-def node_state(data_dir: Path) -> dict[str, str]:
-    store = Store(data_dir)
-    try:
-        return dict(store.conn.execute("SELECT key, value FROM node_state"))
-    finally:
-        store.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from appliance.control.connection_string import parse
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
     StartRegistry = Callable[..., RegistryProcess]
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from helpers import MISSING_DIGEST, assert_oci_error, get_blob
-from oci import digest_of, push_blob
+from support.oci import digest_of, push_blob
+from support.registry import MISSING_DIGEST, assert_oci_error, get_blob
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 DATA = os.urandom(5000)
 
@@ -54,7 +54,7 @@ async def test_blob_in_unknown_repository_is_404(
     registry: RegistryProcess, http: aiohttp.ClientSession, repo: str
 ) -> None:
     async with http.get(f"{registry.url}/v2/{repo}/blobs/{MISSING_DIGEST}") as resp:
-        await assert_oci_error(resp, 404, "BLOB_UNKNOWN", "NAME_UNKNOWN")
+        await assert_oci_error(resp, 404, "BLOB_UNKNOWN")
 
 
 async def test_blob_pushed_to_another_repository_is_not_readable(
@@ -148,7 +148,7 @@ async def test_sha512_digest_is_refused_with_a_message_naming_sha256(
 ) -> None:
     await push_blob(http, registry.url, repo, DATA)
     async with http.get(f"{registry.url}/v2/{repo}/blobs/sha512:{'a' * 128}") as resp:
-        error = await assert_oci_error(resp, 400, "DIGEST_INVALID", "UNSUPPORTED")
+        error = await assert_oci_error(resp, 400, "DIGEST_INVALID")
     assert "sha256" in error["message"].lower(), error
 
 

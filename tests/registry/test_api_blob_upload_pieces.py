@@ -8,11 +8,11 @@ import os
 from typing import TYPE_CHECKING
 
 import aiohttp
-from helpers import absolute, get_blob, start_upload, stream, with_query
-from oci import digest_of
+from support.oci import digest_of
+from support.registry import absolute, get_blob, start_upload, stream, with_query
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 MiB = 1024 * 1024
 

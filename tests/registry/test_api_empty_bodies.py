@@ -12,11 +12,11 @@ import sys
 from typing import TYPE_CHECKING
 
 import aiohttp
-from helpers import absolute, start_upload, with_query
-from oci import digest_of, make_image, push_image
+from support.oci import digest_of, make_image, push_image
+from support.registry import absolute, start_upload, with_query
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 EMPTY = digest_of(b"")
 # Generous: a frozen server never answers, a working one answers in milliseconds.

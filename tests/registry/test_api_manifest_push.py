@@ -8,17 +8,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from helpers import (
-    EMPTY_CONFIG,
-    absolute,
-    assert_oci_error,
-    get_manifest,
-    list_tags,
-    make_artifact,
-    make_index,
-    subject_of,
-)
-from oci import (
+from support.oci import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -35,10 +25,20 @@ from oci import (
     push_image,
     push_manifest,
 )
+from support.registry import (
+    EMPTY_CONFIG,
+    absolute,
+    assert_oci_error,
+    get_manifest,
+    list_tags,
+    make_artifact,
+    make_index,
+    subject_of,
+)
 from yarl import URL
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 MIB = 1024 * 1024
 
@@ -156,17 +156,19 @@ async def test_push_by_digest_with_mismatched_body_is_400_digest_invalid(
         b'{"schemaVersion": 2, "mediaType": "' + OCI_MANIFEST.encode() + b'",'
         b' "config": {"mediaType": "a/b", "digest": "sha256:x", "size": 2}, "layers": "abc"}',
         b"[" * 100000 + b"]" * 100000,
+        b'{"schemaVersion": ' + b"9" * 5000 + b"}",
     ],
     ids=[
         "broken", "empty", "array", "null", "string", "not-utf8", "no-config", "schema1",
         "config-missing", "config-wrong-types", "layers-not-list", "deeply-nested",
+        "5000-digit-number",
     ],
 )
 async def test_malformed_manifest_is_400_manifest_invalid(
     registry: RegistryProcess, http: aiohttp.ClientSession, repo: str, body: bytes
 ) -> None:
     resp = await push_manifest(http, registry.url, repo, "bad", body, OCI_MANIFEST)
-    await assert_oci_error(resp, 400, "MANIFEST_INVALID", "DIGEST_INVALID")
+    await assert_oci_error(resp, 400, "MANIFEST_INVALID")
 
 
 async def test_manifest_referencing_a_missing_blob_is_400_manifest_blob_unknown(
@@ -368,5 +370,5 @@ async def test_put_by_sha512_digest_is_refused_with_a_message_naming_sha256(
     await push_blobs(http, registry.url, repo, image)
     reference = "sha512:" + hashlib.sha512(image.manifest).hexdigest()
     resp = await push_manifest(http, registry.url, repo, reference, image.manifest, OCI_MANIFEST)
-    error = await assert_oci_error(resp, 400, "DIGEST_INVALID", "UNSUPPORTED")
+    error = await assert_oci_error(resp, 400, "DIGEST_INVALID")
     assert "sha256" in error["message"].lower(), error

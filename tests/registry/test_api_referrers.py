@@ -6,17 +6,25 @@ import json
 from typing import TYPE_CHECKING
 
 import aiohttp
-from helpers import (
+from support.oci import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Image,
+    make_image,
+    push_blob,
+    push_image,
+    push_manifest,
+)
+from support.registry import (
     MISSING_DIGEST,
     assert_oci_error,
     make_artifact,
     make_index,
     subject_of,
 )
-from oci import OCI_INDEX, OCI_MANIFEST, Image, make_image, push_blob, push_image, push_manifest
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 SBOM = "application/vnd.example.sbom.v1"
 SIGNATURE = "application/vnd.example.signature.v1"

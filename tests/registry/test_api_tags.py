@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
-from helpers import assert_oci_error, next_link
-from oci import OCI_MANIFEST, make_image, push_blob, push_image, push_manifest
+from support.oci import OCI_MANIFEST, make_image, push_blob, push_image, push_manifest
+from support.registry import assert_oci_error, next_link
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 TAGS = ["v2", "v10", "latest", "alpha", "1.0", "v1", "_private", "Zeta"]
 

@@ -21,9 +21,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import RegistryProcess
-from helpers import absolute, assert_oci_error, get_blob, start_upload, stream, with_query
-from oci import OCI_MANIFEST, Image, canonical, descriptor, digest_of, make_image, push_image
+from support.oci import (
+    OCI_MANIFEST,
+    Image,
+    canonical,
+    descriptor,
+    digest_of,
+    make_image,
+    push_image,
+)
+from support.registry import absolute, assert_oci_error, get_blob, start_upload, stream, with_query
+from support.server import RegistryProcess
 
 MiB = 1 << 20
 FILLER = "filler"

@@ -23,16 +23,23 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from crash_tools import (
-    absolute,
+from support.crash import (
     assert_blob_store_sound,
     assert_manifest_sound,
     assert_repository_consistent,
-    digest_of,
     parse_range,
-    with_query,
 )
-from oci import OCI_INDEX, OCI_MANIFEST, canonical, descriptor, make_image, push_blob, push_image
+from support.oci import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    canonical,
+    descriptor,
+    digest_of,
+    make_image,
+    push_blob,
+    push_image,
+)
+from support.registry import absolute, with_query
 
 MiB = 1 << 20
 
@@ -132,7 +139,7 @@ async def test_upload_killed_mid_stream_resumes_after_restart(
         assert resp.status == 202, f"resume from {held}: {resp.status} {await resp.text()}"
         assert parse_range(resp.headers.get("Range")) == len(data)
         location = absolute(server.url, resp.headers["Location"])
-    async with http.put(with_query(location, digest=digest)) as resp:
+    async with http.put(with_query(location, ("digest", digest))) as resp:
         assert resp.status == 201, f"closing the resumed upload: {resp.status} {await resp.text()}"
         assert resp.headers.get("Docker-Content-Digest", digest) == digest
 
@@ -288,7 +295,7 @@ async def test_blob_store_sound_after_kill_during_monolithic_put(
             await asyncio.sleep(0.01)
 
     put = asyncio.create_task(send(
-        http, "PUT", with_query(location, digest=digest), data=slow_body(),
+        http, "PUT", with_query(location, ("digest", digest)), data=slow_body(),
         headers={"Content-Type": "application/octet-stream"},
     ))
     await kill_when(server, halfway, delay=0.2)
@@ -309,7 +316,7 @@ async def test_blob_store_sound_after_kill_during_monolithic_put(
             done.set()
 
         put = asyncio.create_task(send(
-            http, "PUT", with_query(location, digest=digest), data=whole_body(sent),
+            http, "PUT", with_query(location, ("digest", digest)), data=whole_body(sent),
             headers={"Content-Type": "application/octet-stream"},
         ))
         await kill_when(server, sent, delay=delay)

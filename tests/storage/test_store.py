@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from oci import make_image
+from support.oci import make_image
 
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError

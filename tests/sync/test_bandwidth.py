@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -16,10 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from control.test_activation import Root, make_root
-from oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, canonical, descriptor, push_image
-from sync_helpers import DistributionRegistry, sync_json
-from test_sync_push_upward import read_write_device, writer
+from support.hierarchy import Root, read_write_device, writer
+from support.oci import push_image, random_image
+from support.sync import DistributionRegistry, sync_json
 
 from appliance.sync.bandwidth import TokenBucket, limiter_for
 
@@ -132,25 +130,6 @@ def upstream(tmp_path: Path) -> Iterator[DistributionRegistry]:
     registry.stop()
 
 
-def random_image(seed: int, layer_sizes: list[int]) -> Image:
-    """An image whose layers are random bytes (incompressible, no two alike)."""
-    generator = random.Random(seed)
-    # randbytes makes at most 2**28 - 1 bytes at once: big layers come in pieces.
-    piece = 16 * MiB
-    layers = [
-        b"".join(generator.randbytes(min(piece, size - at)) for at in range(0, size, piece))
-        for size in layer_sizes
-    ]
-    config = canonical({"architecture": "amd64", "os": "linux", "seed": seed})
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
-    }
-    return Image(canonical(doc), OCI_MANIFEST, [config, *layers])
-
-
 def mirror_config(tmp_path: Path, upstream_url: str, repository: str, limit: int | None) -> Path:
     lines = [f'data_dir = "{tmp_path / "node"}"']
     if limit is not None:
@@ -184,13 +163,6 @@ async def test_a_sync_under_a_bandwidth_limit_takes_at_least_the_time_the_limit_
     assert report["total"]["bytes"] == total
     # 12 MiB at 4 MiB/s, less the quarter second of burst a full bucket allows: 2.75 s at least.
     assert took >= (total - MiB) / (4 * MiB) - 0.05, took
-
-
-@pytest.fixture
-def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
 
 
 async def test_push_sync_under_a_bandwidth_limit_takes_at_least_the_time_the_limit_allows(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,10 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from clients import oci_layout
-from conftest import RegistryProcess
-from control.test_activation import Root, activate, make_root
-from oci import (
+from support import oci_layout
+from support.hierarchy import Root, activate
+from support.oci import (
     OCI_CONFIG,
     OCI_LAYER,
     OCI_MANIFEST,
@@ -35,7 +34,8 @@ from oci import (
     push_blob,
     push_image,
 )
-from sync_helpers import SilentParent, free_port
+from support.server import RegistryProcess, free_port
+from support.sync import SilentParent
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.oci.digests import Digest
@@ -140,13 +140,6 @@ class Device:
 
     def url(self, path: str) -> str:
         return f"{self.server.url}/v2/{path}"
-
-
-@pytest.fixture
-def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
 
 
 @pytest.fixture

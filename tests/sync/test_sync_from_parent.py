@@ -6,27 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
-from control.test_activation import Root, activate, make_root, node_state
-from control.test_activation import run as run_cli
-from oci import OCI_MANIFEST, digest_of, make_image, push_image
-from sync_helpers import SilentParent, get, run_sync, sync_json
+from support.cli import run as run_cli
+from support.hierarchy import Root, activate, node_state
+from support.oci import OCI_MANIFEST, digest_of, make_image, push_image
+from support.sync import SilentParent, get, run_sync, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.storage.store import Store
 
 PUSH_AND_LIST = PUSH | {"metadata/read"}
-
-
-@pytest.fixture
-def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
 
 
 def pusher(root: Root) -> dict[str, str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from oci import OCI_MANIFEST, Image, digest_of, make_image, push_image, push_manifest
-from sync_helpers import DistributionRegistry, run_sync, sync_json
+from support.oci import OCI_MANIFEST, Image, digest_of, make_image, push_image, push_manifest
+from support.sync import DistributionRegistry, run_sync, sync_json
 
 USER, PASSWORD = "mirror", "s3cret-pw"
 AUTH = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}

@@ -19,7 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from oci import (
+from support.cli import clean_env
+from support.oci import (
     OCI_INDEX,
     OCI_MANIFEST,
     Image,
@@ -30,7 +31,7 @@ from oci import (
     push_image,
     push_manifest,
 )
-from sync_helpers import DistributionRegistry, clean_env, get, run_sync, sync_json
+from support.sync import DistributionRegistry, get, run_sync, sync_json
 
 from appliance.cli.options import load
 from appliance.oci.digests import Digest

@@ -17,9 +17,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from control.test_activation import activate, make_root
-from oci import digest_of, make_image, push_image
-from sync_helpers import DistributionRegistry, clean_env
+from support.cli import clean_env
+from support.hierarchy import activate, make_root
+from support.oci import digest_of, make_image, push_image
+from support.sync import DistributionRegistry
 
 from appliance.oci.digests import Digest
 from appliance.storage.store import Store

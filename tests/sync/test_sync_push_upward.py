@@ -8,44 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
-from control.test_activation import Root, activate, make_root, run
-from oci import OCI_MANIFEST, digest_of, make_image, push_image
-from sync_helpers import get, sync_json
+from support.cli import run
+from support.hierarchy import Root, activate, read_write_device, writer
+from support.oci import OCI_MANIFEST, digest_of, make_image, push_image
+from support.sync import get, sync_json
 
-from appliance.auth.scopes import PUSH, Permission
 from appliance.storage.layout import Layout
 from appliance.storage.store import Store
 from appliance.sync.push import parent_tag_key
-
-# Push, list and delete: the client deletes tags on the device too.
-WRITER = PUSH | {"metadata/read", "content/delete"}
-
-
-@pytest.fixture
-def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
-
-
-def writer(root: Root) -> dict[str, str]:
-    """A client token on the root with content/write on demo/*; the device gets it too."""
-    root.credentials.create_scope_map("demo-write", (Permission("demo/*", WRITER),))
-    _, passwords = root.credentials.create_token("writer", "demo-write")
-    return {"Authorization": aiohttp.encode_basic_auth("writer", passwords["password1"])}
-
-
-async def read_write_device(root: Root, tmp_path: Path, **kw: object) -> Path:
-    password = root.create("edge01", ["demo/*"], mode="ReadWrite", client_tokens=["writer"], **kw)
-    device = tmp_path / "device"
-    activated = await asyncio.to_thread(activate, device, root.connection("edge01", password))
-    assert activated.returncode == 0, activated.stderr
-    return device
 
 
 def outbox(device: Path) -> list[tuple]:

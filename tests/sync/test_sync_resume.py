@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +23,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from control.test_activation import Root, activate, make_root
-from oci import Image, digest_of, push_image
-from sync_helpers import DistributionRegistry, clean_env, run_sync, sync_json
-from test_bandwidth import random_image
+from support.cli import clean_env
+from support.hierarchy import Root, activate
+from support.oci import Image, digest_of, push_image, random_image
+from support.sync import DistributionRegistry, run_sync, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.cli.options import load
@@ -38,13 +38,6 @@ from appliance.sync import run as sync_run
 MiB = 1024 * 1024
 BIG = 256 * MiB
 PUSH_AND_LIST = PUSH | {"metadata/read"}
-
-
-@pytest.fixture
-def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
 
 
 async def device_with_image(root: Root, tmp_path: Path, image: Image, **settings: object) -> Path:

@@ -10,27 +10,20 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
-from control.test_activation import Root, activate, make_root
-from oci import OCI_MANIFEST, make_image, push_image
-from sync_helpers import DistributionRegistry, clean_env, sync_json
+from support.cli import clean_env
+from support.hierarchy import Root, activate
+from support.oci import OCI_MANIFEST, make_image, push_image
+from support.sync import DistributionRegistry, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.storage.layout import Layout
 from appliance.storage.store import Origin, Store
 
 WRITER = PUSH | {"metadata/read", "content/delete"}
-
-
-@pytest.fixture
-def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
 
 
 def writer(root: Root) -> dict[str, str]:

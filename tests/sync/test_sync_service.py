@@ -18,22 +18,32 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pexpect
 import pytest
-from control.test_activation import Root, activate, make_root, node_state
-from oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Image, canonical, descriptor, push_image
-from sync_helpers import clean_env, free_port, get, run_sync, sync_json
+from support.cli import clean_env
+from support.hierarchy import Root, activate, node_state
+from support.oci import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Image,
+    canonical,
+    descriptor,
+    push_image,
+)
+from support.server import free_port
+from support.sync import get, run_sync, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.storage.layout import Layout
 
 if TYPE_CHECKING:
-    from conftest import RegistryProcess
+    from support.server import RegistryProcess
 
 MIB = 1024 * 1024
 SLOW_RATE = 2 * MIB
@@ -41,13 +51,6 @@ SLOW_BYTES = 8 * MIB
 # How long a test waits for something a run will do: far beyond any run here, never reached
 # by a run that works.
 PATIENCE = 120.0
-
-
-@pytest.fixture
-def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
 
 
 def big_image(seed: str, sizes: list[int]) -> Image:

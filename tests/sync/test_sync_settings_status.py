@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-import pytest
-from control.test_activation import Root, activate, make_root, node_state, run
-from oci import make_image, push_image
-from sync_helpers import free_port, run_sync, sync_json
+from support.cli import run
+from support.hierarchy import Root, activate, node_state
+from support.oci import make_image, push_image
+from support.server import free_port
+from support.sync import run_sync, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.auth.tokens import Credentials
@@ -24,13 +24,6 @@ from appliance.sync import run as sync_run
 
 PUSH_AND_LIST = PUSH | {"metadata/read"}
 PULL = frozenset({"content/read", "metadata/read"})
-
-
-@pytest.fixture
-def root(start_registry: Callable, tmp_path: Path) -> Iterator[Root]:
-    made = make_root(start_registry, tmp_path / "root", ["--auth", "--insecure-http"])
-    yield made
-    made.store.close()
 
 
 def pusher(root: Root) -> dict[str, str]:

@@ -26,11 +26,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from clients import oci_layout
-from conftest import RegistryProcess
-from control.test_activation import Root, activate, make_root
-from oci import OCI_MANIFEST, digest_of, make_image, push_image
-from sync_helpers import get, sync_json
+from support import oci_layout
+from support.hierarchy import Root, activate, make_root
+from support.oci import OCI_MANIFEST, digest_of, make_image, push_image
+from support.server import RegistryProcess
+from support.sync import get, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
 from appliance.control.gateway import prune_changes_for_descendants, read_changes

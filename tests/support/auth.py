@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import RegistryProcess
-from oci import OCI_MANIFEST, Image, descriptor, make_image, push_image
 
 from appliance.auth.scopes import ACTIONS
 from appliance.auth.tokens import Credentials, parse_permissions
 from appliance.storage.store import Store
+from support.oci import OCI_MANIFEST, Image, descriptor, make_image, push_image
+from support.server import RegistryProcess
 
 AUTH_ARGS = ["--auth", "--insecure-http"]
 ALL_ACTIONS: tuple[str, ...] = ACTIONS

@@ -9,23 +9,15 @@ match the uncompressed layers, manifests, an image index and an artifact manifes
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+from support.oci import OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, digest_of
+
 REF_NAME = "org.opencontainers.image.ref.name"
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def make_layer(seed: str, files: int = 3) -> tuple[bytes, bytes]:
@@ -62,7 +54,7 @@ class Layout:
         self.save()
 
     def add_blob(self, media_type: str, data: bytes, **extra: object) -> dict:
-        digest = sha256_digest(data)
+        digest = digest_of(data)
         (self.path / "blobs" / "sha256" / digest.removeprefix("sha256:")).write_bytes(data)
         return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
 
@@ -84,7 +76,7 @@ class Layout:
         for i in range(layers):
             compressed, uncompressed = make_layer(f"{seed}-layer{i}")
             layer_descs.append(self.add_blob(OCI_LAYER, compressed))
-            diff_ids.append(sha256_digest(uncompressed))
+            diff_ids.append(digest_of(uncompressed))
         config = encode({
             "architecture": architecture,
             "os": os_name,

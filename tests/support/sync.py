@@ -1,3 +1,4 @@
+
 """What the sync tests share: Debian's `docker-registry` (CNCF distribution) as a plain
 upstream with htpasswd Basic auth, the `sync` command in a child process, pushing with Basic
 credentials, and a parent that accepts connections and never answers."""
@@ -6,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,14 +17,10 @@ from pathlib import Path
 
 import aiohttp
 
+from support.cli import clean_env
+from support.server import free_port
+
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
-PROJECT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def htpasswd_line(user: str, password: str) -> str:
@@ -93,12 +89,6 @@ class DistributionRegistry:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-    return env
 
 
 def run_sync(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,6 +18,8 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+MiB = 1024 * 1024
 
 
 def digest_of(data: bytes) -> str:
@@ -68,6 +71,25 @@ def make_image(
     if annotations is not None:
         doc["annotations"] = annotations
     return Image(canonical(doc), media_type, [config, *layer_blobs])
+
+
+def random_image(seed: int, layer_sizes: list[int]) -> Image:
+    """An image whose layers are random bytes (incompressible, no two alike)."""
+    generator = random.Random(seed)
+    # randbytes makes at most 2**28 - 1 bytes at once: big layers come in pieces.
+    piece = 16 * MiB
+    layers = [
+        b"".join(generator.randbytes(min(piece, size - at)) for at in range(0, size, piece))
+        for size in layer_sizes
+    ]
+    config = canonical({"architecture": "amd64", "os": "linux", "seed": seed})
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, config),
+        "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
+    }
+    return Image(canonical(doc), OCI_MANIFEST, [config, *layers])
 
 
 async def push_blob(http: aiohttp.ClientSession, base: str, repo: str, data: bytes) -> str:

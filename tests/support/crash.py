@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from urllib.parse import urljoin
 
 import aiohttp
+
+from support.oci import digest_of
+from support.registry import absolute
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -21,20 +23,6 @@ MANIFEST_ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ])
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def absolute(base: str, location: str) -> str:
-    """An upload `Location` may be absolute or relative to the registry."""
-    return urljoin(base + "/", location)
-
-
-def with_query(url: str, **params: str) -> str:
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
 def parse_range(value: str | None) -> int:
