@@ -21,10 +21,10 @@ from functools import cached_property
 from urllib.parse import quote
 
 import pytest
-from support.server import RegistryProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.oci import OCI_INDEX, OCI_MANIFEST, canonical, descriptor, digest_of
+from support.server import RegistryProcess
 
 from appliance.auth.tokens import Credentials, parse_permissions
 from appliance.control.connection_string import parse
