@@ -18,8 +18,8 @@ from appliance.control.hierarchy import READ_WRITE
 from appliance.control.node import CONNECTED, NodeState
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
+from appliance.sync.plan import RESYNC_REQUESTED
 from appliance.sync.push import RECONCILE
-from appliance.sync.run import RESYNC_REQUESTED
 
 
 class NotConnected(Exception):
