@@ -34,8 +34,10 @@ from appliance.cli.output import emit, format_fields, human_size, output_option
 from appliance.config import Config
 from appliance.control.local import ControlError, ServiceUnavailable, follow_sync
 from appliance.storage.layout import Layout
+from appliance.sync.lock import AlreadyRunning, sync_lock
 from appliance.sync.progress import Progress
-from appliance.sync.run import AlreadyRunning, SyncError, run_sync, sync_lock
+from appliance.sync.run import run_sync
+from appliance.sync.sources import SyncError
 from appliance.system import logs
 from appliance.system.role import node_role, nothing_to_sync
 

@@ -51,8 +51,11 @@ from aiohttp import web
 from appliance.config import Config
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
+from appliance.sync.lock import AlreadyRunning, sync_lock
 from appliance.sync.progress import Progress
-from appliance.sync.run import LAST_RUN, AlreadyRunning, SyncError, SyncReport, run_sync, sync_lock
+from appliance.sync.report import SyncReport
+from appliance.sync.run import LAST_RUN, run_sync
+from appliance.sync.sources import SyncError
 
 log = logging.getLogger(__name__)
 

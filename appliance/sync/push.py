@@ -52,6 +52,7 @@ from appliance.storage.outbox import OutboxRow
 from appliance.storage.store import Origin, Store
 from appliance.storage.timestamps import timestamp
 from appliance.sync.client import RegistryClient, RegistryError, UpstreamUnreachable
+from appliance.sync.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,9 @@ class PushReport:
     manifests_deleted: int = 0
     expired: int = 0
     reconciled: list[str] = field(default_factory=list)
-    # "CODE: text" lines like the run's errors; conflicts are reported, not failures.
-    conflicts: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    # Conflicts are reported (the parent won), not failures.
+    conflicts: list[Problem] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unreachable: bool = False
     # Repositories the pull must visit this run even if the feed does not name them: the
@@ -118,7 +119,7 @@ class PushReport:
             "manifestsDeleted": self.manifests_deleted,
             "expired": self.expired,
             "reconciled": self.reconciled,
-            "conflicts": self.conflicts,
+            "conflicts": [str(conflict) for conflict in self.conflicts],
         }
 
 
@@ -164,7 +165,7 @@ class Push:
                 self.report.reconciled.append(repository)
         except UpstreamUnreachable as err:
             self.report.unreachable = True
-            self.report.errors.append(f"{err.code}: {err.message}")
+            self.report.errors.append(Problem(err.code, err.message))
         return self.report
 
     # -- TTL -------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class Push:
                     # The row stays; later rows of its repository wait behind it.
                     blocked.add(row.repository)
                     self.report.errors.append(
-                        f"{PUSH_FAILED}: {row.repository}: {_code(err)}: {err.message}"
+                        Problem(PUSH_FAILED, f"{row.repository}: {_code(err)}: {err.message}")
                     )
                     continue
                 self.store.outbox.remove(row.seq)
@@ -264,8 +265,11 @@ class Push:
         """The parent wins: our manifest stays there by digest, the pull overwrites our tag."""
         parent = str(theirs) if theirs is not None else "deleted"
         self.report.conflicts.append(
-            f"{TAG_CONFLICT}: {repository}:{tag} was moved on the parent ({parent}) and here "
-            f"({ours}); the parent's tag wins, {repository}@{ours} is on the parent by digest"
+            Problem(
+                TAG_CONFLICT,
+                f"{repository}:{tag} was moved on the parent ({parent}) and here ({ours}); "
+                f"the parent's tag wins, {repository}@{ours} is on the parent by digest",
+            )
         )
         self.store.hand_tag_to_parent(repository, tag, ours)
         self.report.pull.add(repository)
@@ -279,8 +283,11 @@ class Push:
         if str(now) not in (digest, self.store.node.get(key)):
             # The parent moved the tag since: its move wins over our delete.
             self.report.conflicts.append(
-                f"{TAG_CONFLICT}: {repository}:{tag} was deleted here and moved on the parent "
-                f"({now}); the parent's tag wins"
+                Problem(
+                    TAG_CONFLICT,
+                    f"{repository}:{tag} was deleted here and moved on the parent ({now}); "
+                    "the parent's tag wins",
+                )
             )
             self.report.pull.add(repository)
             return

@@ -37,8 +37,8 @@ from appliance.cli.options import load
 from appliance.oci.digests import Digest
 from appliance.storage.layout import Layout
 from appliance.storage.store import Store
+from appliance.sync.lock import sync_lock
 from appliance.sync.run import run_sync as run_sync_in_process
-from appliance.sync.run import sync_lock
 
 USER, PASSWORD = "mirror", "s3cret-pw"
 SIGNATURE = "application/vnd.example.signature"
