@@ -139,7 +139,7 @@ def _cron(value: Any) -> str:
 
 
 def _semver(value: Any) -> str:
-    from appliance.sync.semver import SemverError, parse_range
+    from appliance.control.semver import SemverError, parse_range
 
     try:
         parse_range(_string(value))

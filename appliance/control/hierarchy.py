@@ -46,10 +46,10 @@ from appliance.control.schedule import (
     validate_schedule,
     validate_ttl,
 )
+from appliance.control.semver import SemverError, parse_range
 from appliance.storage.hierarchy import ConnectedRegistries, ConnectedRegistry, Report
 from appliance.storage.store import Store
 from appliance.storage.timestamps import timestamp
-from appliance.sync.semver import SemverError, parse_range
 
 LOG_LEVELS = ("Debug", "Information", "Warning", "Error", "None")
 ACTIVE, INACTIVE = "Active", "Inactive"

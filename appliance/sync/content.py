@@ -6,7 +6,7 @@ an upstream without one (or that refuses it to us) has its patterns skipped with
 DESIGN.md §2: no `_catalog` is needed upstream for an explicit list.
 
 Tag filters are Python regular expressions searched in the tag (anchor with `^…$` for a whole
-tag match) and a semver range (sync/semver.py); a tag is copied when it matches the include
+tag match) and a semver range (control/semver.py); a tag is copied when it matches the include
 filter and is a version in the range (each if given), and does not match the exclude filter.
 """
 
@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 
 from appliance.auth.scopes import matches
+from appliance.control.semver import Range, SemverError, parse_range
 from appliance.sync.client import RegistryClient
-from appliance.sync.semver import Range, SemverError, parse_range
 
 log = logging.getLogger(__name__)
 

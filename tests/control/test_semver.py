@@ -1,4 +1,4 @@
-"""The semver range grammar of tag filters (sync/semver.py), against SemVer 2.0's own rules."""
+"""The semver range grammar of tag filters (control/semver.py), against SemVer 2.0's own rules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.sync.semver import SemverError, parse_range, parse_tag
+from appliance.control.semver import SemverError, parse_range, parse_tag
 
 numbers = st.integers(min_value=0, max_value=40)
 words = st.from_regex(r"[0-9]*[a-zA-Z-][0-9a-zA-Z-]{0,5}", fullmatch=True)
