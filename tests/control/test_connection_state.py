@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from appliance.control.hierarchy import MIN_OFFLINE_AFTER, ConnectedRegistry
+from appliance.control.hierarchy import MIN_OFFLINE_AFTER, ConnectedRegistry, connection_state
 
 HEARD_AT = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 EDGE = ConnectedRegistry(
@@ -27,25 +27,25 @@ def test_offline_once_silent_for_longer_than_offline_after(
     silent_for: timedelta, state: str
 ) -> None:
     # 2.5 s: between two whole-second stamps, as the root writes them.
-    assert EDGE.connection_state(HEARD_AT + silent_for, timedelta(seconds=2.5)) == state
+    assert connection_state(EDGE, HEARD_AT + silent_for, timedelta(seconds=2.5)) == state
 
 
 def test_without_offline_after_a_minutely_registry_has_the_floor() -> None:
     just_inside = HEARD_AT + MIN_OFFLINE_AFTER
-    assert EDGE.connection_state(just_inside, None) == "Online"
-    assert EDGE.connection_state(just_inside + timedelta(seconds=1), None) == "Offline"
+    assert connection_state(EDGE, just_inside, None) == "Online"
+    assert connection_state(EDGE, just_inside + timedelta(seconds=1), None) == "Offline"
 
 
 def test_a_registry_never_heard_from_or_inactive_is_offline() -> None:
     never_heard = dataclasses.replace(EDGE, last_activity_time=None)
     inactive = dataclasses.replace(EDGE, activation_status="Inactive")
-    assert never_heard.connection_state(HEARD_AT, None) == "Offline"
-    assert inactive.connection_state(HEARD_AT, None) == "Offline"
+    assert connection_state(never_heard, HEARD_AT, None) == "Offline"
+    assert connection_state(inactive, HEARD_AT, None) == "Offline"
 
 
 def test_errors_make_it_unhealthy_and_a_sync_shows_until_it_goes_quiet() -> None:
     failing = dataclasses.replace(EDGE, status_details=({"type": "sync", "code": "X"},))
-    assert failing.connection_state(HEARD_AT, None) == "Unhealthy"
+    assert connection_state(failing, HEARD_AT, None) == "Unhealthy"
     syncing = dataclasses.replace(EDGE, reported_state="Syncing")
-    assert syncing.connection_state(HEARD_AT, None) == "Syncing"
-    assert syncing.connection_state(HEARD_AT + timedelta(hours=1), None) == "Offline"
+    assert connection_state(syncing, HEARD_AT, None) == "Syncing"
+    assert connection_state(syncing, HEARD_AT + timedelta(hours=1), None) == "Offline"
