@@ -26,6 +26,7 @@ from appliance.oci.manifests import (
 )
 from appliance.storage.blobs import place_blob_file, withdraw_blob_file
 from appliance.storage.durability import WalSync
+from appliance.storage.feed import ChangeFeed
 from appliance.storage.layout import Layout
 from appliance.storage.schema import connect, write_transaction
 from appliance.storage.space import DiskFull, refused_when_full
@@ -95,6 +96,7 @@ class Store:
             else None
         )
         self.uploads = Uploads(self.layout, self.db)
+        self.feed = ChangeFeed(self.conn)
         self._state: dict[str, str] | None = None
         self._state_version = -1
 
@@ -137,6 +139,14 @@ class Store:
                 (prefix, prefix + "\U0010ffff"),
             )
         ]
+
+    def state_items(self, prefix: str) -> dict[str, str]:
+        """The node_state keys that start with `prefix`, without it, and their values."""
+        rows = self.conn.execute(
+            "SELECT key, value FROM node_state WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return {key.removeprefix(prefix): value for key, value in rows}
 
     def delete_state(self, key: str) -> None:
         self.conn.execute("DELETE FROM node_state WHERE key = ?", (key,))

@@ -70,10 +70,10 @@ from appliance import __version__
 from appliance.auth.scopes import matches
 from appliance.auth.tokens import CredentialError, Credentials
 from appliance.config import Config
+from appliance.control.descendants import served_tokens
 from appliance.control.gateway_client import GatewayClient, GatewayError, ParentUnreachable
 from appliance.control.hierarchy import CONFLICT_DETAIL, OFFLINE, ONLINE, READ_WRITE, SYNCING
 from appliance.control.node import CONNECTED, NodeState
-from appliance.control.relay import served_tokens
 from appliance.control.schedule import ScheduleError
 from appliance.oci.errors import OCIError
 from appliance.storage.schema import write_transaction
