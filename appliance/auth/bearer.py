@@ -116,6 +116,9 @@ class TokenAuthority:
         Only ES256 with our key is accepted (never `none`, never another key); `exp`, `nbf`,
         `iat`, `aud`, `iss` and `sub` must all be present.
         """
+        if not token.isascii():
+            # A JWT is base64url and dots; PyJWT would fail to encode other text, not refuse it.
+            raise InvalidToken("not a JWT: it has non-ASCII characters")
         claims = self._verified.get(token)
         if claims is None:
             try:

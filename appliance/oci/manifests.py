@@ -76,7 +76,7 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     media_type = value.get("mediaType")
     digest = value.get("digest")
     size = value.get("size")
-    if not isinstance(media_type, str) or not media_type:
+    if not _is_text(media_type) or not media_type:
         raise _invalid(f"{where}.mediaType must be a non-empty string")
     if not isinstance(digest, str):
         raise _invalid(f"{where}.digest must be a string")
@@ -93,6 +93,18 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     except OCIError as err:
         raise _invalid(f"{where}.digest: {err.message}", {"digest": digest[:300]}) from None
     return Descriptor(media_type, parsed_digest, size, annotations, tuple(urls))
+
+
+def _is_text(value: Any) -> bool:
+    """A string that is Unicode text: JSON lets "\\ud800" through as a lone surrogate, which
+    cannot be encoded to store or index it."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_string_map(value: Any) -> bool:
@@ -112,6 +124,9 @@ def parse_manifest(body: bytes, content_type: str) -> ParsedManifest:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _invalid(f"manifest is not valid JSON: {err}") from None
+    except ValueError:
+        # json.loads parses integers with int(), which refuses more than 4300 digits.
+        raise _invalid("manifest holds a number too long to read") from None
     except RecursionError:
         raise _invalid("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
@@ -135,7 +150,7 @@ def parse_manifest(body: bytes, content_type: str) -> ParsedManifest:
     if not _is_string_map(annotations):
         raise _invalid("annotations must map strings to strings")
     artifact_type = doc.get("artifactType")
-    if artifact_type is not None and not isinstance(artifact_type, str):
+    if artifact_type is not None and not _is_text(artifact_type):
         raise _invalid("artifactType must be a string")
     subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
 

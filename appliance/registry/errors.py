@@ -68,6 +68,11 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             headers={"Allow": ",".join(sorted(exc.allowed_methods))},
         )
         return error_response(error)
+    except web.HTTPRequestEntityTooLarge as exc:
+        # A form or JSON body past client_max_size (the token, gateway and management APIs).
+        return error_response(
+            OCIError(ErrorCode.SIZE_INVALID, exc.text or "request body too large", status=413)
+        )
     except web.HTTPNotFound:
         return error_response(
             OCIError(ErrorCode.NAME_UNKNOWN, "no such endpoint", detail={"path": request.path})

@@ -28,14 +28,19 @@ def _page_params(request: web.Request) -> tuple[int | None, str | None]:
     n = request.query.get("n")
     if n is None or n == "":
         return None, last
-    if not n.isdigit():
+    # isdigit() alone also passes "²" and other digits int() refuses.
+    if not (n.isascii() and n.isdigit()):
         raise OCIError(
             ErrorCode.UNSUPPORTED,
             "n must be a non-negative integer",
             status=400,
             detail={"n": n[:50]},
         )
-    return min(int(n), MAX_PAGE), last
+    # Past MAX_PAGE the value does not matter, and int() refuses strings of over 4300 digits.
+    digits = n.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_PAGE)):
+        return MAX_PAGE, last
+    return min(int(digits), MAX_PAGE), last
 
 
 def _link(path: str, limit: int, last: str) -> str:

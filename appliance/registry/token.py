@@ -95,8 +95,23 @@ async def get_token(request: web.Request) -> web.StreamResponse:
     return _token_response(request, identity, scopes, refresh=False)
 
 
+def _bad_form(error: str, description: str) -> web.Response:
+    """400 as an OAuth2 error (RFC 6749 §5.2, what containerd reads) that is also an OCI error
+    body, like every other refusal of this server."""
+    body = {
+        "error": error,
+        "error_description": description,
+        "errors": [{"code": ErrorCode.UNSUPPORTED.name, "message": description}],
+    }
+    return web.json_response(body, status=400)
+
+
 async def post_token(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError as err:
+        # A multipart Content-Type over a body that is not multipart, or a form not in UTF-8.
+        return _bad_form("invalid_request", f"the body is not a form: {err}")
     grant_type = form.get("grant_type")
     scopes = [s for s in str(form.get("scope", "")).split(" ") if s]
     if grant_type == "password":
@@ -106,13 +121,7 @@ async def post_token(request: web.Request) -> web.StreamResponse:
     elif grant_type == "refresh_token":
         identity = _from_refresh_token(request, str(form.get("refresh_token", "")))
     else:
-        return web.json_response(
-            {
-                "error": "unsupported_grant_type",
-                "error_description": "grant_type must be password or refresh_token",
-            },
-            status=400,
-        )
+        return _bad_form("unsupported_grant_type", "grant_type must be password or refresh_token")
     return _token_response(request, identity, scopes, refresh=True)
 
 

@@ -21,7 +21,8 @@ from appliance.registry.access import IDENTITY, may_pull
 from appliance.registry.context import repository_of, requires, store_of
 from appliance.storage.uploads import UploadStatus
 
-_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
+# Offsets are at most 19 digits (2**63); the bound also keeps int() within its 4300-digit limit.
+_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]+|\*))?")
 
 
 def _location(status: UploadStatus) -> str:

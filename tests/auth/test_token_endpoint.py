@@ -3,6 +3,7 @@ flow, the grant as the intersection of asked and allowed, and the JWT's claims."
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -170,8 +171,12 @@ async def test_anonymous_get_gets_an_empty_grant(server: AuthServer) -> None:
         basic("nobody-at-all", "wrong"),
         basic("reader", ""),
         "Basic %%%",
+        "Basic \u00e9t\u00e9",
+        "Basic " + base64.b64encode(b"\xff\xfe:\x80").decode(),
         "Bearer whatever",
     ],
+    ids=["wrong-password", "unknown-token", "empty-password", "not-base64", "non-ascii",
+         "not-utf8", "bearer"],
 )
 async def test_get_with_bad_credentials_is_401(server: AuthServer, authorization: str) -> None:
     async with aiohttp.ClientSession() as http, http.get(
@@ -257,6 +262,25 @@ async def test_post_unknown_grant_type_is_400(server: AuthServer, form: dict[str
         status, body = await _post(http, server.url, form)
     assert status == 400, body
     assert body.get("error") == "unsupported_grant_type"
+    assert body["errors"][0]["code"] == "UNSUPPORTED"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data; boundary=x", "multipart/form-data"],
+)
+async def test_post_a_multipart_type_over_a_body_that_is_not_multipart_is_400(
+    server: AuthServer, content_type: str
+) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{server.url}/oauth2/token",
+        data=b"grant_type=password&username=reader&password=x",
+        headers={"Content-Type": content_type},
+    ) as resp:
+        await assert_refused(resp, 400, "UNSUPPORTED")
+        body = await resp.json()
+    assert body["error"] == "invalid_request"
+    assert "Traceback" not in server.process.log()
 
 
 async def test_post_bad_password_is_401(server: AuthServer) -> None:
@@ -279,3 +303,13 @@ async def test_post_refresh_with_a_bad_refresh_token_is_401(server: AuthServer) 
                 http, server.url, {"grant_type": "refresh_token", "refresh_token": refresh}
             )
             assert status == 401, refresh
+
+
+async def test_post_a_form_over_a_mebibyte_is_413_size_invalid(server: AuthServer) -> None:
+    form = b"grant_type=password&username=reader&password=" + b"x" * 1024**2
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{server.url}/oauth2/token",
+        data=form,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ) as resp:
+        await assert_refused(resp, 413, "SIZE_INVALID")

@@ -237,6 +237,30 @@ def test_client_tokens_from_the_settings_log_in_on_the_device(
     assert http_status(f"{server.url}/v2/", basic("client01", root.client_password)) == 200
 
 
+def test_a_relaying_device_refuses_malformed_basic_credentials_with_401(
+    root: Root, tmp_path: Path, start_registry: StartRegistry
+) -> None:
+    """The device's gateway relays for its descendants and checks their Basic credentials
+    itself: bytes that are not base64 or not UTF-8 are a 401 with a challenge, not a 500."""
+    password = root.create("edge01", ["demo/*"])
+    device = tmp_path / "device"
+    assert activate(device, root.connection("edge01", password)).returncode == 0
+    server = start_registry(data_dir=device, args=["--auth", "--insecure-http"])
+    # urllib sends a header's characters as latin-1 bytes: these are raw 0xE9 0xFF.
+    for authorization in ("Basic \u00e9\u00ff",
+                          "Basic " + base64.b64encode(b"\xff\xfe:\x80").decode()):
+        request = urllib.request.Request(
+            f"{server.url}/gateway/v1/registries/shelf01/settings",
+            headers={"Authorization": authorization},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401, refused.value.read()[:300]
+        assert json.loads(refused.value.read())["errors"][0]["code"] == "UNAUTHORIZED"
+        assert refused.value.headers["WWW-Authenticate"].startswith("Basic ")
+    assert "Traceback" not in server.log()
+
+
 # --- one instance at a time ------------------------------------------------------------------
 
 

@@ -3,9 +3,14 @@ written outside the data directory."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -301,3 +306,125 @@ async def test_a_bad_request_loses_nothing_already_stored(
     await assert_oci_error(resp, 400, "MANIFEST_INVALID")
     async with http.get(f"{registry.url}/v2/{repo}/manifests/v1") as got:
         assert await got.read() == image.manifest
+
+
+# Digits str.isdigit() passes but int() refuses.
+@pytest.mark.parametrize("n", ["\u00b2", "\u00b9", "1\u00b2"],
+                         ids=["superscript-two", "superscript-one", "mixed"])
+async def test_page_size_in_digits_int_refuses_is_400_unsupported(
+    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str, n: str
+) -> None:
+    await push_image(http, registry.url, repo, make_image(seed=repo), "v1")
+    for path in (f"/v2/{repo}/tags/list", "/v2/_catalog"):
+        async with http.get(f"{registry.url}{path}", params={"n": n}) as resp:
+            await assert_oci_error(resp, 400, "UNSUPPORTED")
+
+
+async def test_page_size_of_5000_digits_is_the_largest_page(
+    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str
+) -> None:
+    """More digits than int() reads (4300): a page size past the limit, not an error."""
+    await push_image(http, registry.url, repo, make_image(seed=repo), "v1")
+    async with http.get(f"{registry.url}/v2/{repo}/tags/list", params={"n": "9" * 5000}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["tags"] == ["v1"]
+    async with http.get(f"{registry.url}/v2/_catalog", params={"n": "9" * 5000}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert repo in (await resp.json())["repositories"]
+
+
+async def test_manifest_with_an_integer_of_5000_digits_is_manifest_invalid(
+    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str
+) -> None:
+    image = make_image(seed=repo)
+    for blob in image.blobs:
+        await push_blob(http, registry.url, repo, blob)
+    size = f'"size":{len(image.blobs[0])}'.encode()
+    body = image.manifest.replace(size, b'"size":' + b"9" * 5000)
+    resp = await push_manifest(http, registry.url, repo, "v1", body, OCI_MANIFEST)
+    await assert_oci_error(resp, 400, "MANIFEST_INVALID")
+
+
+@pytest.mark.parametrize("field", ["artifactType", "config.mediaType"])
+async def test_manifest_with_a_lone_surrogate_is_manifest_invalid(
+    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str, field: str
+) -> None:
+    """JSON's "\\ud800" decodes to a string that is not Unicode text and cannot be stored."""
+    image = make_image(seed=repo)
+    for blob in image.blobs:
+        await push_blob(http, registry.url, repo, blob)
+    doc = json.loads(image.manifest)
+    if field == "artifactType":
+        doc["artifactType"] = "\ud800"
+    else:
+        doc["config"]["mediaType"] = "application/\ud800"
+    resp = await push_manifest(http, registry.url, repo, "v1", json.dumps(doc).encode(),
+                               OCI_MANIFEST)
+    await assert_oci_error(resp, 400, "MANIFEST_INVALID")
+    async with http.get(f"{registry.url}/v2/{repo}/manifests/v1") as got:
+        await assert_oci_error(got, 404)
+
+
+async def test_content_range_of_5000_digits_is_416(
+    registry: RegistryProcess, http: aiohttp.ClientSession, repo: str
+) -> None:
+    location = await start_upload(http, registry.url, repo)
+    headers = {"Content-Type": "application/octet-stream", "Content-Range": "0-" + "9" * 5000}
+    async with http.patch(location, data=b"0123456789", headers=headers) as resp:
+        await assert_oci_error(resp, 416, "BLOB_UPLOAD_INVALID")
+
+
+# As bytes on the wire: aiohttp's client would re-encode them.
+MALFORMED_CREDENTIALS = [
+    "Basic \u00e9t\u00e9".encode(),  # not base64: non-ASCII
+    b"Basic \xe9\xff",  # raw bytes that are not UTF-8
+    b"Basic " + base64.b64encode(b"\xff\xfe:\x80"),  # base64 of bytes not UTF-8
+    b"Basic %%%",
+    "Bearer \u00e9".encode(),
+    b"Bearer \xff.\xfe.x",
+]
+
+
+def raw_request(server: RegistryProcess, method: str, path: str, authorization: bytes
+                ) -> tuple[int, str | None, bytes]:
+    """Status, challenge and body of one request whose Authorization is sent byte for byte."""
+    conn = HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.putrequest(method, path)
+        conn.putheader("Authorization", authorization)
+        conn.putheader("Content-Length", "0")
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("WWW-Authenticate"), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("authorization", MALFORMED_CREDENTIALS,
+                         ids=["non-ascii", "not-utf8-bytes", "base64-of-not-utf8", "not-base64",
+                              "bearer-non-ascii", "bearer-not-utf8"])
+def test_malformed_credentials_are_401_on_every_endpoint(
+    start_registry: Callable[..., RegistryProcess], tmp_path: Path, authorization: bytes
+) -> None:
+    """On a root with auth on, so the gateway and management APIs check credentials too."""
+    server = start_registry(data_dir=tmp_path / "data", args=["--auth", "--insecure-http"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTED_REGISTRY_")}
+    init = subprocess.run(
+        [sys.executable, "-m", "appliance", "cloud", "init", "--login-server", server.host,
+         "--data-dir", str(server.data_dir)],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert init.returncode == 0, init.stderr
+    for method, path in [
+        ("GET", "/v2/"),
+        ("GET", "/v2/team/app/tags/list"),
+        ("POST", "/v2/team/app/blobs/uploads/"),
+        ("GET", "/oauth2/token"),
+        ("GET", "/gateway/v1/registries/edge01/settings"),
+        ("GET", "/manage/v1/connected-registries"),
+    ]:
+        status, challenge, body = raw_request(server, method, path, authorization)
+        assert status == 401, f"{method} {path}: {status} {body[:300]!r}"
+        assert json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED", body
+        assert challenge, f"{method} {path}: no challenge"
+    assert "Traceback" not in server.log()

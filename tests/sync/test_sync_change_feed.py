@@ -273,3 +273,17 @@ def test_pruning_keeps_what_the_longest_ttl_needs(root: Root) -> None:
     assert prune_changes(root.hierarchy, now) == 1
     left = [r for (r,) in store.conn.execute("SELECT repository FROM changes ORDER BY seq")]
     assert left == ["demo/kept", "demo/new"]
+
+
+async def test_a_cursor_or_wait_that_is_not_a_number_it_can_use_is_400(root: Root) -> None:
+    password = root.create("edge01", ["demo/*"], mode="ReadOnly")
+    sync = {"Authorization": aiohttp.encode_basic_auth("edge01", password)}
+    async with aiohttp.ClientSession(headers=sync) as http:
+        # float() reads "inf", "1e400" and 400 nines as infinity, which is no cursor.
+        for query in ("cursor=inf", "cursor=1e400", "cursor=" + "9" * 400, "cursor=-1",
+                      "cursor=nan", "cursor=1.5", "cursor=x", "cursor=0&wait=-1"):
+            async with http.get(feed_url(root, query)) as response:
+                assert response.status == 400, (query, await response.text())
+                (error,) = (await response.json())["errors"]
+                assert error["code"] == "UNSUPPORTED", query
+    assert "Traceback" not in root.server.log()
