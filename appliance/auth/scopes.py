@@ -85,7 +85,9 @@ class Permission:
 
 
 # What a sync token may do on the gateway API for one connected registry (ACR's names).
-GATEWAY_ACTIONS = ("config/read", "config/write", "message/read", "message/write")
+CONFIG_READ, CONFIG_WRITE = "config/read", "config/write"
+MESSAGE_READ, MESSAGE_WRITE = "message/read", "message/write"
+GATEWAY_ACTIONS = (CONFIG_READ, CONFIG_WRITE, MESSAGE_READ, MESSAGE_WRITE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """`connected-registry serve`: run the registry until stopped, and, on a node that syncs, the
-sync runs `connected-registry sync` asks for over `<data_dir>/control.sock` (control/local.py)."""
+sync runs `connected-registry sync` asks for over `<data_dir>/control.sock`
+(registry/control_socket.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from aiohttp import web
 from appliance import __version__
 from appliance.cli.options import load, node_options
 from appliance.config import Config, with_role_defaults
-from appliance.control import local
 from appliance.control.node import CLOUD, CONNECTED
+from appliance.registry import control_socket
 from appliance.registry.app import make_app
 from appliance.registry.context import STORE
 from appliance.storage.layout import Layout
@@ -239,12 +240,14 @@ async def _serve(config: Config, syncs: bool, warnings: list[str]) -> None:
         # Up before READY=1, so the timer's first `sync` finds it; closed (a run under way
         # stopped) before the store is.
         control = (
-            local.serving(app[STORE], config, warnings) if syncs else contextlib.nullcontext()
+            control_socket.serving(app[STORE], config, warnings)
+            if syncs
+            else contextlib.nullcontext()
         )
         try:
             async with control, notify.running(f"serving {url}"):
                 await stop.wait()
-        except local.ControlSocketError as err:
+        except control_socket.ControlSocketError as err:
             raise click.ClickException(str(err)) from None
     finally:
         await runner.cleanup()

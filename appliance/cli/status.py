@@ -25,10 +25,10 @@ from appliance.cli.options import existing_registry, load, node_options, open_st
 from appliance.cli.output import emit, format_fields, format_table, human_size, output_option
 from appliance.cli.sync import progress_line
 from appliance.control.hierarchy import Hierarchy, offline_after_from
-from appliance.control.local import live_status
 from appliance.control.roles import CLOUD, CONNECTED, READ_WRITE
 from appliance.storage.store import Store
 from appliance.storage.uploads import ABANDONED_AFTER
+from appliance.sync.service_client import live_status
 
 DEVELOPMENT = "development"
 

@@ -1,8 +1,8 @@
 """`connected-registry sync`: copy what changed from this node's upstreams, once, now.
 
 When the service runs, the command asks it over `<data_dir>/control.sock` and follows the run
-(control/local.py), so one process owns the store and the progress; with no service answering
-it runs in-process on the data directory (SQLite WAL, one write path). Either way the same
+(sync/service_client.py), so one process owns the store and the progress; with no service
+answering it runs in-process on the data directory (SQLite WAL, one write path). Either way the same
 `run_sync` runs under the same lock, and the output and exit code are the same; `--output
 json` says which (`"via": "service"` or `"process"`).
 
@@ -13,7 +13,7 @@ nothing to its table, and a failure stays one line.
 
 A run that finds another one under way says so and exits 0: the timer fires every minute and a
 long transfer may still be going, which is not a failure. Through the service a request joins a
-run of the same kind already under way (control/local.py) and ends with its report.
+run of the same kind already under way (registry/control_socket.py) and ends with its report.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import click
 from appliance.cli.options import existing_registry, load, node_options, open_store
 from appliance.cli.output import emit, format_fields, human_size, output_option
 from appliance.config import Config
-from appliance.control.local import ControlError, ServiceUnavailable, follow_sync
 from appliance.storage.layout import Layout
 from appliance.sync.lock import AlreadyRunning, sync_lock
 from appliance.sync.progress import Progress
 from appliance.sync.run import run_sync
+from appliance.sync.service_client import ControlError, ServiceUnavailable, follow_sync
 from appliance.sync.sources import SyncError
 from appliance.system import logs
 from appliance.system.role import node_role, nothing_to_sync

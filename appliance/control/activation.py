@@ -37,6 +37,7 @@ from appliance.auth.certificates import CertificateError, Host, IssuedCertificat
 from appliance.auth.certificates import parse_host as parse_certificate_host
 from appliance.auth.tokens import CredentialError, Credentials
 from appliance.control.connection_string import ConnectionString, port_number
+from appliance.control.descendants import served_tokens
 from appliance.control.gateway_client import (
     GatewayClient,
     GatewayError,
@@ -45,7 +46,6 @@ from appliance.control.gateway_client import (
     read_ca_file,
 )
 from appliance.control.node import CLOUD, CONNECTED, NodeState, SyncCredential
-from appliance.control.relay import served_tokens
 from appliance.control.roles import MODES, READ_WRITE
 from appliance.storage.files import write_file
 from appliance.storage.layout import Layout, existing_state

@@ -1,7 +1,7 @@
-"""The distribution spec's error codes, each carrying its HTTP status.
+"""The error codes of every HTTP API, each carrying its HTTP status.
 
-Every refusal in the registry is an `OCIError`; the HTTP layer turns it into the spec's body
-`{"errors": [{"code", "message", "detail"}]}`.
+Every refusal on HTTP is an `OCIError`; the HTTP layer turns it into the spec's body
+`{"errors": [{"code", "message", "detail"}]}`, for the gateway and management APIs too.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Any
 
 
 class ErrorCode(Enum):
-    """The 14 codes of the distribution spec, with their default status and message."""
+    """The 14 codes of the distribution spec, then the appliance's own (the gateway and
+    management APIs), with their default status and message."""
 
     BLOB_UNKNOWN = (404, "blob unknown to registry")
     BLOB_UPLOAD_INVALID = (400, "blob upload invalid")
@@ -27,6 +28,18 @@ class ErrorCode(Enum):
     DENIED = (403, "requested access to the resource is denied")
     UNSUPPORTED = (405, "the operation is unsupported")
     TOOMANYREQUESTS = (429, "too many requests")
+    # Beyond the spec. A value the hierarchy refuses, and a body that is not a JSON object:
+    INVALID = (400, "invalid request")
+    BODY_INVALID = (400, "the body must be a JSON object")
+    ALREADY_ACTIVATED = (409, "the connected registry is already activated")
+    NOT_ACTIVATED = (409, "the connected registry is not activated")
+    PARENT_NOT_ACTIVATED = (409, "the parent connected registry is not activated")
+    # A relaying node's parent: not answering, or answering in a way it cannot use.
+    PARENT_UNREACHABLE = (503, "the parent cannot be reached")
+    UNTRUSTED_PARENT = (502, "the parent's certificate is not trusted")
+    PLAIN_HTTP = (502, "the parent answers in plain HTTP")
+    UNEXPECTED_RESPONSE = (502, "the parent's answer is not understood")
+    UNKNOWN = (500, "internal error; see the server log")
 
     @property
     def status(self) -> int:

@@ -13,7 +13,6 @@ Whatever the credentials, a ReadOnly node refuses pushes (403 `DENIED`) and dele
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -24,6 +23,7 @@ from appliance.auth.access import (
     bearer_actions,
     token_permissions,
 )
+from appliance.auth.basic import basic_credentials
 from appliance.auth.bearer import InvalidToken, TokenAuthority
 from appliance.auth.scopes import CONTENT_DELETE, CONTENT_READ, CONTENT_WRITE, METADATA_READ
 from appliance.auth.tokens import Credentials
@@ -84,14 +84,21 @@ def unauthorized(
     )
 
 
+def basic_unauthorized(realm: str, message: str) -> OCIError:
+    """401 with the Basic challenge of `realm`: the gateway and management APIs, which take a
+    token's name and password, never a bearer token."""
+    return OCIError(
+        ErrorCode.UNAUTHORIZED, message, headers={"WWW-Authenticate": f'Basic realm="{realm}"'}
+    )
+
+
 async def identify(request: web.Request) -> Identity:
     """The caller, from the Authorization header; 401 for credentials that do not check out."""
     app = request.app
     anonymous = app[AUTH].anonymous
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    scheme = scheme.lower()
-    if scheme == "bearer":
+    if scheme.lower() == "bearer":
         try:
             claims = app[AUTHORITY].verify(value.strip(), service_name(request))
         except InvalidToken as err:
@@ -118,8 +125,9 @@ async def identify(request: web.Request) -> Identity:
             return (granted(repository) & entitled(repository)) | anonymous.actions(repository)
 
         return Identity(subject, "bearer", actions, catalog, entitled)
-    if scheme == "basic":
-        name, password = basic_credentials(value)
+    basic = basic_credentials(header)
+    if basic is not None:
+        name, password = basic
         token = await app[CREDENTIALS].authenticate(name, password)
         if token is None:
             raise unauthorized(request, None, "invalid username or password")
@@ -127,19 +135,6 @@ async def identify(request: web.Request) -> Identity:
         actions = token_permissions(permissions, anonymous)
         return Identity(token.name, "basic", actions, True, actions)
     return Identity(None, "anonymous", anonymous.actions)
-
-
-def basic_credentials(value: str) -> tuple[str, str]:
-    """Name and password of a Basic `Authorization` value; ("", "") for anything malformed
-    (not base64, not ASCII, not UTF-8, no colon), which then fails authentication as a 401."""
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except ValueError:
-        # binascii.Error, UnicodeDecodeError, and the ValueError b64decode raises for a
-        # header with non-ASCII characters (aiohttp keeps such bytes as surrogates).
-        decoded = ""
-    name, sep, password = decoded.partition(":")
-    return (name, password) if sep else ("", "")
 
 
 def authorize(request: web.Request, identity: Identity, needs: frozenset[str]) -> None:

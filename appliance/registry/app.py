@@ -13,14 +13,14 @@ from appliance.auth.access import AnonymousPull
 from appliance.auth.bearer import TokenAuthority, load_or_create_key
 from appliance.auth.tokens import Credentials
 from appliance.config import Config
-from appliance.control import gateway, management
-from appliance.control.gateway import HIERARCHY, RELAY
+from appliance.control.feed import prune_periodically
 from appliance.control.hierarchy import Hierarchy, offline_after_from
-from appliance.control.relay import Relay
-from appliance.registry import blobs, listing, manifests, token, uploads
+from appliance.registry import blobs, gateway, listing, management, manifests, token, uploads
 from appliance.registry.access import AUTH, AUTHORITY, CREDENTIALS, AuthSettings, access_control
 from appliance.registry.context import LOGIN, STORE, requires
 from appliance.registry.errors import durable_writes, oci_errors
+from appliance.registry.gateway import HIERARCHY, RELAY
+from appliance.registry.relay import Relay
 from appliance.storage.store import Store
 from appliance.storage.uploads import ABANDONED_AFTER
 from appliance.sync.bandwidth import limiter_for
@@ -100,7 +100,7 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
         app[ON_DEMAND] = OnDemand(store, limiter_for(config.bandwidth_limit))
         purge = asyncio.create_task(_purge_abandoned_uploads(store, upload_max_age))
         flush = asyncio.create_task(app[RELAY].run())
-        prune = asyncio.create_task(gateway.prune_periodically(store, app[HIERARCHY]))
+        prune = asyncio.create_task(prune_periodically(store, app[HIERARCHY]))
         yield
         for task in (purge, flush, prune):
             task.cancel()

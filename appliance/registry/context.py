@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from appliance.oci.digests import Digest
+from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.names import validate_name
 from appliance.storage.store import Store
 
@@ -27,6 +30,17 @@ def repository_of(request: web.Request) -> str:
 
 def digest_of(request: web.Request, key: str = "digest") -> Digest:
     return Digest.parse(request.match_info[key])
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); BODY_INVALID for anything else."""
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise OCIError(ErrorCode.BODY_INVALID) from None
+    if not isinstance(body, dict):
+        raise OCIError(ErrorCode.BODY_INVALID)
+    return body
 
 
 # -- access requirements, declared beside each handler ------------------------------------------

@@ -1,13 +1,19 @@
-"""Turns every refusal into the spec's error body, and stamps the API version header."""
+"""Turns every refusal into the spec's error body, and stamps the API version header.
+
+The one error body of every API on the listener (`/v2`, `/oauth2`, `/gateway`, `/manage`) and
+on the control socket: handlers raise `OCIError`, the `oci_errors` middleware answers it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 
+from appliance.control.hierarchy import HierarchyError
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.registry.context import API_VERSION_HEADER, store_of
 
@@ -25,6 +31,27 @@ def error_response(error: OCIError) -> web.Response:
     )
     response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
     return response
+
+
+def refusal_of(err: HierarchyError) -> OCIError:
+    """The OCI error a refusal of the hierarchy's rules is answered with, code and status kept."""
+    code = ErrorCode.__members__.get(err.code)
+    if code is None:
+        log.warning("refusal code %s is not in the error-code table; answered UNKNOWN", err.code)
+        code = ErrorCode.UNKNOWN
+    detail = None
+    if code is ErrorCode.ALREADY_ACTIVATED:
+        detail = "Deactivate it first: connected-registry cloud deactivate NAME (on the root)."
+    return OCIError(code, err.message, detail=detail, status=err.status)
+
+
+@contextlib.contextmanager
+def hierarchy_refusals() -> Iterator[None]:
+    """Inside, a HierarchyError is raised again as the OCIError it stands for."""
+    try:
+        yield
+    except HierarchyError as err:
+        raise refusal_of(err) from None
 
 
 @web.middleware
@@ -54,10 +81,7 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         raise
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return web.json_response(
-            {"errors": [{"code": "UNKNOWN", "message": "internal error; see the server log"}]},
-            status=500,
-        )
+        return error_response(OCIError(ErrorCode.UNKNOWN))
     response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
     return response
 

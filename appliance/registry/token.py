@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from appliance.auth.access import Identity, grant, token_permissions
+from appliance.auth.basic import basic_credentials
 from appliance.auth.bearer import (
     ACCESS_TOKEN_SECONDS,
     REFRESH_TOKEN_SECONDS,
@@ -27,7 +28,6 @@ from appliance.registry.access import (
     AUTH,
     AUTHORITY,
     CREDENTIALS,
-    basic_credentials,
     service_name,
 )
 
@@ -82,9 +82,9 @@ def _token_response(
 
 async def get_token(request: web.Request) -> web.StreamResponse:
     header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "basic":
-        name, password = basic_credentials(value)
+    basic = basic_credentials(header)
+    if basic is not None:
+        name, password = basic
         identity = await _identity_from_password(request, name, password)
     elif header:
         raise _refused("the token endpoint takes Basic credentials or none")

@@ -8,7 +8,7 @@
       sync.lock                    flock held by the one running sync
       serve.lock                   flock held by the one running `serve`; holds its PID
       control.sock                 0600: the running service's local control socket (`sync`,
-                                   `status` on this machine; control/local.py)
+                                   `status` on this machine; registry/control_socket.py)
       tls/                         public half of `tls generate`, 0644 each
         ca.crt                     the CA clients trust (its fingerprint goes in connection strings)
         server.crt                 the serving certificate, signed by that CA

@@ -26,6 +26,7 @@ from appliance.oci.manifests import (
 )
 from appliance.storage.blobs import place_blob_file, withdraw_blob_file
 from appliance.storage.durability import WalSync
+from appliance.storage.feed import ChangeFeed
 from appliance.storage.layout import Layout
 from appliance.storage.node import Node
 from appliance.storage.outbox import Outbox
@@ -93,6 +94,7 @@ class Store:
         self.uploads = Uploads(self.layout, self.db)
         self.node = Node(self.conn)
         self.outbox = Outbox(self.conn)
+        self.feed = ChangeFeed(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -122,6 +124,14 @@ class Store:
 
     def state_keys(self, prefix: str) -> list[str]:
         return self.node.keys(prefix)
+
+    def state_items(self, prefix: str) -> dict[str, str]:
+        """The node_state keys that start with `prefix`, without it, and their values."""
+        rows = self.conn.execute(
+            "SELECT key, value FROM node_state WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return {key.removeprefix(prefix): value for key, value in rows}
 
     def delete_state(self, key: str) -> None:
         self.node.delete(key)

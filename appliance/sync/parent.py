@@ -32,6 +32,7 @@ from appliance import __version__
 from appliance.auth.scopes import matches
 from appliance.auth.tokens import CredentialError, Credentials
 from appliance.config import Config
+from appliance.control.descendants import served_tokens
 from appliance.control.gateway_client import (
     PARENT_UNREACHABLE,
     GatewayClient,
@@ -40,7 +41,6 @@ from appliance.control.gateway_client import (
 )
 from appliance.control.hierarchy import CONFLICT_DETAIL, OFFLINE, ONLINE, SYNCING
 from appliance.control.node import NodeState
-from appliance.control.relay import served_tokens
 from appliance.control.roles import READ_WRITE
 from appliance.control.schedule import ScheduleError
 from appliance.storage.schema import write_transaction

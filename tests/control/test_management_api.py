@@ -237,6 +237,27 @@ async def test_get_settings_refuses_what_it_does_not_understand(root: Root) -> N
         assert status == 400 and message in error(answer)[1], answer
 
 
+async def test_a_body_that_is_not_a_json_object_is_body_invalid_on_both_apis(root: Root) -> None:
+    await root.call("POST", body={"name": "edge01", "repositories": ["a"]})
+    _, settings = await root.call(
+        "POST", "/edge01/get-settings", {"parentProtocol": "http", "generatePassword": 1}
+    )
+    device = basic("edge01", parse(settings["connectionString"]).password)
+    refused = {"errors": [{"code": "BODY_INVALID", "message": "the body must be a JSON object"}]}
+    for method, path, auth in [
+        ("POST", API, root.admin),
+        ("PATCH", f"{API}/edge01", root.admin),
+        ("POST", "/gateway/v1/registries/edge01/activate", device),
+        ("PUT", "/gateway/v1/registries/edge01/status", device),
+    ]:
+        for data in (b"{not json", b"[1, 2]", b"\xff"):
+            async with root.http.request(
+                method, f"{root.server.url}{path}", data=data, headers=auth
+            ) as response:
+                answer = (response.status, await response.json())
+            assert answer == (400, refused), (method, path, data)
+
+
 async def test_permissions_client_tokens_and_resync(root: Root, tmp_path: Path) -> None:
     cli_json(tmp_path / "data", "token", "create", "client1", "--repository", "a", "content/read")
     await root.call(

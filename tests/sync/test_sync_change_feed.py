@@ -16,7 +16,7 @@ from support.oci import OCI_MANIFEST, descriptor, make_image, push_image
 from support.sync import sync_json
 
 from appliance.auth.scopes import PUSH, Permission
-from appliance.control.gateway import prune_changes
+from appliance.control.feed import prune_changes
 from appliance.oci.digests import Digest
 from appliance.storage.store import Store
 

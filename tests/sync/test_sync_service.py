@@ -486,8 +486,20 @@ async def test_the_socket_answers_status_and_refuses_a_bad_request(
         async with http.get("http://control.sock/status") as response:
             idle = await response.json()
         async with http.post("http://control.sock/sync", data=b"dry please") as response:
-            refused, answer = response.status, await response.json()
+            not_json, not_json_answer = response.status, await response.json()
+        async with http.post("http://control.sock/sync", json={"dryRun": "yes"}) as response:
+            not_bool, not_bool_answer = response.status, await response.json()
 
     assert idle == {"running": None, "lastRun": None, "warnings": []}
-    assert refused == 400
-    assert answer == {"error": 'the body must be {"dryRun": true|false}'}
+    assert (not_json, not_json_answer) == (
+        400,
+        {"errors": [{"code": "BODY_INVALID", "message": "the body must be a JSON object"}]},
+    )
+    assert (not_bool, not_bool_answer) == (
+        400,
+        {
+            "errors": [
+                {"code": "BODY_INVALID", "message": 'the body must be {"dryRun": true|false}'}
+            ]
+        },
+    )

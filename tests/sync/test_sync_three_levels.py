@@ -33,7 +33,7 @@ from support.server import RegistryProcess
 from support.sync import get, sync_json
 
 from appliance.auth.scopes import PUSH, Permission
-from appliance.control.gateway import prune_changes_for_descendants, read_changes
+from appliance.control.feed import prune_changes_for_descendants, read_changes
 from appliance.control.node import NodeState
 from appliance.storage.layout import Layout
 from appliance.storage.store import Store
@@ -440,8 +440,8 @@ def test_a_middle_prunes_its_feed_by_its_descendants_longest_ttl(tmp_path: Path)
         assert left == ["demo/kept", "demo/new"]
         # A child whose cursor is behind what was pruned reconciles fully; one that had read
         # everything pruned goes on from where it was.
-        assert read_changes(store.conn, ("demo/*",), 1)["reset"] is True
-        kept = read_changes(store.conn, ("demo/*",), 2)
+        assert read_changes(store.feed, ("demo/*",), 1)["reset"] is True
+        kept = read_changes(store.feed, ("demo/*",), 2)
         assert kept["reset"] is False
         assert [c["repository"] for c in kept["changes"]] == ["demo/kept", "demo/new"]
         # Long past every TTL, the newest row still stays: sequence numbers never restart.

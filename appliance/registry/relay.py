@@ -31,14 +31,14 @@ A relayed `settings` answer that differs from what this node has cached for that
 so the descendant's next calls here (its change feed, its pulls) already see the new settings.
 
 The change feed. `changes` is not relayed: a descendant pulls its content from this node, so
-this node's own feed is the one it needs, online or not (gateway.py serves it). `feed_scope`
-authorizes it like the calls above (`message/read`) and scopes it by the descendant's cached
-`repositories`.
+this node's own feed is the one it needs, online or not (registry/gateway.py serves it), to a
+caller `authorize`d like the calls above (`message/read`), scoped by the descendant's cached
+`repositories` (`feed_scope`).
 
 Content. A child pulls from and pushes to this node's `/v2/` with its sync token, so the tokens
 this node checks there are its own client tokens plus its children's sync tokens
-(`served_tokens`); a ReadWrite child's pushes land in this node's outbox like any local write,
-and go upward at this node's next sync.
+(`served_tokens`, control/descendants.py); a ReadWrite child's pushes land in this node's outbox
+like any local write, and go upward at this node's next sync.
 """
 
 from __future__ import annotations
@@ -51,116 +51,42 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from appliance.auth.basic import basic_credentials
 from appliance.auth.credential_checks import CREDENTIAL_CACHE_SECONDS
 from appliance.auth.tokens import CredentialError, Credentials
+from appliance.control.descendants import (
+    find_descendant,
+    find_sync_token,
+    granted,
+    served_tokens,
+    unexpired_hashes,
+)
 from appliance.control.gateway_client import GatewayClient, GatewayError, ParentUnreachable
 from appliance.control.hierarchy import settings_etag
 from appliance.control.node import CONNECTED, NodeState
-from appliance.registry.access import basic_credentials
+from appliance.oci.errors import ErrorCode, OCIError
+from appliance.registry.access import basic_unauthorized
+from appliance.registry.context import json_body
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
 
 log = logging.getLogger(__name__)
 
+GATEWAY_REALM = "connected-registry gateway"
 QUEUED_STATUS = "queued_status/"
 REFRESH_MIN_INTERVAL = 2.0
 FLUSH_EVERY = 30.0
-CONFIG_READ, CONFIG_WRITE = "config/read", "config/write"
-MESSAGE_READ, MESSAGE_WRITE = "message/read", "message/write"
-# action of the path → (method, gateway permission it needs)
-ACTIONS = {
-    "activate": ("POST", CONFIG_WRITE),
-    "deactivate": ("POST", CONFIG_WRITE),
-    "settings": ("GET", CONFIG_READ),
-    "status": ("PUT", MESSAGE_WRITE),
-}
+# action of the path → its method
+METHODS = {"activate": "POST", "deactivate": "POST", "settings": "GET", "status": "PUT"}
 
 
-class Refusal(Exception):
-    """A relayed call refused on this node: the OCI-style error to answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def response(self) -> web.Response:
-        headers = (
-            {"WWW-Authenticate": 'Basic realm="connected-registry gateway"'}
-            if self.status == 401
-            else None
-        )
-        body = {"errors": [{"code": self.code, "message": self.message}]}
-        return web.json_response(body, status=self.status, headers=headers)
-
-
-def descendants(settings: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-    """Every descendant's settings in `settings` (this node's), depth first."""
-    for child in (settings or {}).get("descendants") or []:
-        if isinstance(child, dict):
-            yield child
-            yield from descendants(child)
-
-
-def find_descendant(settings: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
-    for entry in descendants(settings):
-        if str(entry.get("name", "")).lower() == name.lower():
-            return entry
-    return None
-
-
-def served_tokens(settings: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The tokens this node's `/v2/` checks from its parent's settings: the client tokens, and
-    each child's sync token (the child pulls, and a ReadWrite child pushes, with it here). Only
-    children: a deeper descendant talks to its own parent."""
-    tokens = list((settings or {}).get("clientTokens") or [])
-    for child in (settings or {}).get("descendants") or []:
-        if isinstance(child, dict) and isinstance(child.get("syncToken"), dict):
-            tokens.append(child["syncToken"])
-    return tokens
-
-
-def find_sync_token(settings: dict[str, Any] | None, token: str) -> dict[str, Any] | None:
-    for entry in descendants(settings):
-        sync_token = entry.get("syncToken")
-        if isinstance(sync_token, dict) and sync_token.get("name") == token:
-            return sync_token
-    return None
-
-
-def granted(sync_token: dict[str, Any], registry: str) -> frozenset[str]:
-    """The gateway actions the token's scope map grants on `registry`."""
-    actions: set[str] = set()
-    for gateway in (sync_token.get("scopeMap") or {}).get("gateways") or []:
-        if isinstance(gateway, dict) and str(gateway.get("gateway", "")).lower() == registry:
-            actions.update(a for a in gateway.get("actions") or [] if isinstance(a, str))
-    return frozenset(actions)
-
-
-def _unexpired_hashes(sync_token: dict[str, Any], now: datetime) -> list[str]:
-    hashes = []
-    for password in sync_token.get("passwordHashes") or []:
-        if not isinstance(password, dict) or not isinstance(password.get("hash"), str):
-            continue
-        expiry = password.get("expiry")
-        if expiry is not None:
-            try:
-                moment = datetime.fromisoformat(str(expiry).replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            if moment <= now:
-                continue
-        hashes.append(password["hash"])
-    return hashes
+def unknown_registry(name: str) -> OCIError:
+    return OCIError(ErrorCode.NAME_UNKNOWN, f"connected registry {name!r} not found")
 
 
 class Relay:
@@ -179,24 +105,23 @@ class Relay:
 
     # -- the endpoints ---------------------------------------------------------------------
 
-    async def handle(self, request: web.Request, action: str) -> web.StreamResponse:
+    async def forward(self, request: web.Request, action: str) -> web.StreamResponse:
+        """`action` for the path's descendant, once `authorize` let the caller: the parent's
+        answer, or while it is unreachable what this node can answer itself."""
         name = request.match_info["name"]
-        method, permission = ACTIONS[action]
+        method = METHODS[action]
+        body: bytes | None = None
+        if action == "status":
+            body = json.dumps(await json_body(request)).encode()
+        elif method == "POST":
+            body = await request.read()
+        headers = {}
+        if action == "settings" and "If-None-Match" in request.headers:
+            headers["If-None-Match"] = request.headers["If-None-Match"]
         try:
-            await self._authorize(request, name, permission)
-            body = await request.read() if method in ("POST", "PUT") else None
-            if action == "status":
-                body = _json_object(body)
-            headers = {}
-            if action == "settings" and "If-None-Match" in request.headers:
-                headers["If-None-Match"] = request.headers["If-None-Match"]
-            try:
-                answer = await self._forward(method, name, action, body, headers)
-            except ParentUnreachable as err:
-                return self._offline(request, name, action, body, err)
-        except Refusal as refusal:
-            return refusal.response()
-        status, answer_headers, data = answer
+            status, answer_headers, data = await self._forward(method, name, action, body, headers)
+        except ParentUnreachable as err:
+            return self._offline(request, name, action, body, err)
         if action == "status" and status < 300:
             self._drop_queued(name)
         self._reached_parent()
@@ -207,13 +132,12 @@ class Relay:
         }
         return web.Response(status=status, body=data or None, headers=headers)
 
-    async def feed_scope(self, request: web.Request, name: str) -> tuple[str, ...]:
-        """The repositories (names or patterns) of descendant `name`, once the caller's sync
-        token proved it may read that registry's change feed; Refusal otherwise."""
-        await self._authorize(request, name, MESSAGE_READ)
+    def feed_scope(self, name: str) -> tuple[str, ...]:
+        """The repositories (names or patterns) of descendant `name`, whose change feed the
+        caller proved it may read (`authorize` with message/read)."""
         cached = find_descendant(self.node.settings(), name)
         if cached is None:
-            raise Refusal(404, "NAME_UNKNOWN", f"connected registry {name!r} not found")
+            raise unknown_registry(name)
         return tuple(r for r in cached.get("repositories") or [] if isinstance(r, str))
 
     async def _follow(self, name: str, etag: str | None) -> None:
@@ -236,7 +160,7 @@ class Relay:
         if action == "settings":
             cached = find_descendant(self.node.settings(), name)
             if cached is None:
-                raise Refusal(404, "NAME_UNKNOWN", f"connected registry {name!r} not found")
+                raise unknown_registry(name)
             etag = settings_etag(cached)
             if request.headers.get("If-None-Match") == etag:
                 return web.Response(status=304, headers={"ETag": etag})
@@ -244,25 +168,27 @@ class Relay:
         if action == "status":
             self.node.set(self._queue_key(name), (body or b"{}").decode())
             return web.Response(status=204)
-        raise Refusal(
-            503,
-            err.code,
+        raise OCIError(
+            ErrorCode.PARENT_UNREACHABLE,
             f"{err.message}; only the root can guarantee a single active instance, so {action} "
             "waits until it is reachable",
         )
 
     # -- who may call ------------------------------------------------------------------------
 
-    async def _authorize(self, request: web.Request, name: str, permission: str) -> None:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
+    async def authorize(self, request: web.Request, name: str, permission: str) -> None:
+        """Unless the caller's Basic credentials are a descendant's sync token that may do
+        `permission` on descendant `name`, the OCIError to answer; refreshes the cached
+        settings once first (a new registry, a rotated password)."""
+        basic = basic_credentials(request.headers.get("Authorization", ""))
+        if basic is None:
             message = "the gateway needs the sync token's Basic credentials"
-            raise Refusal(401, "UNAUTHORIZED", message)
-        user, password = basic_credentials(value)
+            raise basic_unauthorized(GATEWAY_REALM, message)
+        user, password = basic
         started = time.monotonic()
         try:
             await self._check(name, user, password, permission)
-        except Refusal:
+        except OCIError:
             if not await self._refresh(started):
                 raise
             await self._check(name, user, password, permission)
@@ -271,17 +197,17 @@ class Relay:
         settings = self.node.settings()
         sync_token = find_sync_token(settings, user) if user else None
         if sync_token is None or not await self._verify(sync_token, user, password):
-            raise Refusal(401, "UNAUTHORIZED", "Incorrect Password")
+            raise basic_unauthorized(GATEWAY_REALM, "Incorrect Password")
         if permission not in granted(sync_token, name.lower()):
             message = f"token {user!r} may not {permission} for connected registry {name!r}"
-            raise Refusal(403, "DENIED", message)
+            raise OCIError(ErrorCode.DENIED, message)
         if find_descendant(settings, name) is None:
-            raise Refusal(404, "NAME_UNKNOWN", f"connected registry {name!r} not found")
+            raise unknown_registry(name)
 
     async def _verify(self, sync_token: dict[str, Any], user: str, password: str) -> bool:
         if sync_token.get("status", "enabled") != "enabled":
             return False
-        hashes = _unexpired_hashes(sync_token, datetime.now(UTC))
+        hashes = unexpired_hashes(sync_token, datetime.now(UTC))
         key = hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
         cached = self._verified.get(key)
         if (
@@ -314,7 +240,8 @@ class Relay:
         except ParentUnreachable:
             raise
         except GatewayError as err:
-            raise Refusal(502, err.code, err.message) from None
+            code = ErrorCode.__members__.get(err.code, ErrorCode.UNEXPECTED_RESPONSE)
+            raise OCIError(code, err.message, status=502) from None
 
     async def refresh(self) -> bool:
         """Fetch this node's own settings from its parent and store them; False when the
@@ -365,10 +292,7 @@ class Relay:
 
     def queued(self) -> dict[str, str]:
         """Queued status reports: descendant name → report (JSON text)."""
-        rows = self.store.conn.execute(
-            "SELECT key, value FROM node_state WHERE key LIKE ?", (QUEUED_STATUS + "%",)
-        )
-        return {key.removeprefix(QUEUED_STATUS): value for key, value in rows}
+        return self.store.state_items(QUEUED_STATUS)
 
     def _queue_key(self, name: str) -> str:
         """Keyed by the name as the root spells it (the path's may differ in case)."""
@@ -425,12 +349,3 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-
-def _json_object(body: bytes | None) -> bytes:
-    try:
-        value = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        value = None
-    if not isinstance(value, dict):
-        raise Refusal(400, "MANIFEST_INVALID", "the body must be a JSON object")
-    return json.dumps(value).encode()

@@ -26,64 +26,55 @@ wants — to see it through. A request of the other kind, or any while another p
 in-process `sync`) holds the sync lock, is refused as already running. The run belongs to the
 service, not to the request: a client that goes away (Ctrl-C) only stops following it.
 
-The client half (`follow_sync`, `live_status`) is what the commands use.
+A request that is refused before the stream starts (a body other than {"dryRun": bool}) is
+400 with the OCI error body, as on the registry's listener. The client half is
+sync/service_client.py, what the commands use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from appliance.config import Config
 from appliance.control.node import NodeState
+from appliance.oci.errors import ErrorCode, OCIError
+from appliance.registry.context import json_body
+from appliance.registry.errors import oci_errors
 from appliance.storage.store import Store
 from appliance.sync.lock import AlreadyRunning, sync_lock
 from appliance.sync.progress import Progress
 from appliance.sync.report import SyncReport
 from appliance.sync.run import LAST_RUN, run_sync
+from appliance.sync.service_client import (
+    ALREADY_RUNNING,
+    HEARTBEAT,
+    MAX_SOCKET_PATH,
+    NDJSON,
+    SERVICE_STOPPED,
+)
 from appliance.sync.sources import SyncError
 
 log = logging.getLogger(__name__)
 
-NDJSON = "application/x-ndjson"
-# Seconds between events of a quiet run: the client takes HEARTBEAT * 12 of silence as a
-# service that stopped answering.
-HEARTBEAT = 5.0
 # At most this often a `progress` event (a terminal redraws no faster anyway).
 MIN_INTERVAL = 0.25
-STATUS_TIMEOUT = 2.0
-# sun_path holds 108 bytes, its NUL included: a longer path cannot be bound or connected to.
-MAX_SOCKET_PATH = 107
-ALREADY_RUNNING = "ALREADY_RUNNING"
-SERVICE_STOPPED = "SERVICE_STOPPED"
-# The host part of the URLs: any name does over a UNIX socket; this one says where it goes.
-BASE = "http://control.sock"
 
 
 class ControlSocketError(Exception):
     """The service cannot listen on its control socket; one line saying why."""
-
-
-class ServiceUnavailable(Exception):
-    """No service answers on the socket (none runs, or it died): the command does the work."""
-
-
-class ControlError(Exception):
-    """The service is there but cannot be used or followed; one line for the operator."""
 
 
 @dataclass
@@ -180,13 +171,9 @@ SYNC_SERVICE = web.AppKey("sync_service", SyncService)
 
 
 async def post_sync(request: web.Request) -> web.StreamResponse:
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError:
-        body = None
-    dry_run = body.get("dryRun", False) if isinstance(body, dict) else None
+    dry_run = (await json_body(request)).get("dryRun", False)
     if not isinstance(dry_run, bool):
-        return web.json_response({"error": 'the body must be {"dryRun": true|false}'}, status=400)
+        raise OCIError(ErrorCode.BODY_INVALID, 'the body must be {"dryRun": true|false}')
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     await response.prepare(request)
     try:
@@ -201,7 +188,7 @@ async def post_sync(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def get_status(request: web.Request) -> web.Response:
+async def get_status(request: web.Request) -> web.StreamResponse:
     service = request.app[SYNC_SERVICE]
     running = service.running
     return web.json_response(
@@ -284,7 +271,7 @@ async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
 
 
 def make_control_app(service: SyncService) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[oci_errors])
     app[SYNC_SERVICE] = service
     app.router.add_post("/sync", post_sync)
     app.router.add_get("/status", get_status)
@@ -358,111 +345,3 @@ async def serving(
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == inode:  # never another service's socket
                 path.unlink()
-
-
-# -- the client ------------------------------------------------------------------------------
-
-
-async def follow_sync(
-    path: Path, dry_run: bool, on_event: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    """Ask the service listening on `path` to sync, calling `on_event` with each `started`,
-    `progress` and `repository` event, and return the run's report (SyncReport JSON).
-
-    ServiceUnavailable when no service answers (the caller syncs in-process); AlreadyRunning
-    and SyncError as `run_sync` and its lock would raise them; ControlError when this user may
-    not use the socket or the service stopped before the run's end."""
-    connector = _connector(path)
-    # No total: a run may take an hour. A service silent for a minute is gone.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=HEARTBEAT * 12)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        try:
-            response = await session.post(f"{BASE}/sync", json={"dryRun": dry_run})
-        except aiohttp.ClientConnectorError as err:
-            raise _unreachable(path, err.os_error) from None
-        except (aiohttp.ClientError, TimeoutError) as err:
-            raise _stopped(f"the service did not answer on {path}: {err}") from None
-        async with response:
-            if response.status != 200:
-                raise ControlError(f"the service refused the sync request ({response.status})")
-            try:
-                async for event in _events(response):
-                    if event.get("event") in ("started", "progress", "repository"):
-                        on_event(event)
-                    else:
-                        return _final(event)
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                pass
-    raise _stopped("the service stopped during the sync")
-
-
-async def live_status(path: Path) -> dict[str, Any] | None:
-    """The service's `GET /status`, or None when no service answers (or may not be asked)."""
-    try:
-        connector = _connector(path)
-    except (ServiceUnavailable, ControlError):
-        return None
-    timeout = aiohttp.ClientTimeout(total=STATUS_TIMEOUT)
-    try:
-        async with (
-            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.get(f"{BASE}/status") as response,
-        ):
-            document = await response.json() if response.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def _connector(path: Path) -> aiohttp.UnixConnector:
-    """A connector to `path`, once the socket is known to exist and be reachable by name."""
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise ServiceUnavailable()
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        raise ServiceUnavailable() from None
-    except OSError as err:
-        raise _unreachable(path, err) from None
-    return aiohttp.UnixConnector(path=str(path))
-
-
-def _unreachable(path: Path, err: OSError) -> Exception:
-    if err.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
-        return ServiceUnavailable()  # a socket left by a service that died
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return ControlError(
-            f"permission denied on the service's control socket {path}: run this as the "
-            "service's user (sudo -u connected-registry …) or as root"
-        )
-    return ControlError(f"cannot reach the service's control socket {path}: {err.strerror}")
-
-
-def _stopped(reason: str) -> ControlError:
-    return ControlError(f"{reason}; see its log (journalctl -u connected-registry)")
-
-
-async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The NDJSON events of `response`, however long a line (a report can be large)."""
-    buffer = b""
-    async for chunk in response.content.iter_any():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    yield event
-
-
-def _final(event: dict[str, Any]) -> dict[str, Any]:
-    kind = event.get("event")
-    if kind == "report" and isinstance(event.get("report"), dict):
-        return event["report"]
-    if kind == "refused":
-        raise AlreadyRunning()
-    if kind == "error" and event.get("code") == SERVICE_STOPPED:
-        raise _stopped("the service stopped during the sync")
-    if kind == "error":
-        raise SyncError(str(event.get("message") or event))
-    raise ControlError(f"the service answered an unknown event: {kind!r}")
