@@ -1,8 +1,8 @@
 """One sync at a time: the lock on `<data_dir>/sync.lock` every run holds for its whole length.
 
 An flock, so the kernel releases it when the process dies: a crashed run never leaves a lock
-behind. The service's runs (registry/control_socket.py) and `connected-registry sync` in-process take the
-same one, so overlapping runs are impossible whichever process starts them.
+behind. The service's runs (registry/control_socket.py) and `connected-registry sync`
+in-process take the same one, so overlapping runs are impossible whichever process starts them.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ The upstreams of a node:
   run); the others are pulled by every run. They are not under the parent's window.
 
 A run goes on in whichever process calls `run_sync`, under the sync lock (lock.py): the running
-service when `connected-registry sync` reaches it over `control.sock` (registry/control_socket.py), else
-the command itself. Its `Progress` (progress.py) is live under its run id, which the report
+service when `connected-registry sync` reaches it over `control.sock`
+(registry/control_socket.py), else the command itself. Its `Progress` (progress.py) is live under its run id, which the report
 (report.py) and every log line carry; the last run that was not dry is summed up in the node
 state (`last_run`), and `last_sync_time` is set by a run that completed without errors; with
 `connection_state`, `last_contact` and `changes_cursor` (parent.py) they are what

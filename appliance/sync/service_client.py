@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from appliance.sync.run import AlreadyRunning, SyncError
+from appliance.sync.lock import AlreadyRunning
+from appliance.sync.sources import SyncError
 
 NDJSON = "application/x-ndjson"
 # Seconds between events of a quiet run: the client takes HEARTBEAT * 12 of silence as a
