@@ -34,7 +34,7 @@ from appliance.cli.output import (
     output_option,
     yes_option,
 )
-from appliance.config import Config
+from appliance.config import Config, with_role_defaults
 from appliance.control.connection_string import ConnectionStringError, parse_endpoint
 from appliance.control.hierarchy import (
     LOG_LEVELS,
@@ -149,7 +149,14 @@ def init(
             ) from None
     store = open_store(config, create=True)
     try:
-        root = make_root(store, _credentials(store, config), config, login_server)
+        # Where it will listen as a root: 0.0.0.0:443 unless configured.
+        layout = store.layout
+        listen = with_role_defaults(
+            config, CLOUD, layout.tls_server_cert, layout.tls_server_key
+        ).listen
+        root = make_root(
+            store, _credentials(store, config), login_server, (listen.host, listen.port)
+        )
     except RootRefused as err:
         raise click.ClickException(str(err)) from None
     emit(

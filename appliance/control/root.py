@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from appliance.auth.scopes import ACTIONS, Permission
 from appliance.auth.tokens import Credentials
-from appliance.config import Config, with_role_defaults
 from appliance.control.node import CLOUD, NodeState
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
@@ -36,11 +35,12 @@ class Root:
 
 
 def make_root(
-    store: Store, credentials: Credentials, config: Config, login_server: str | None
+    store: Store, credentials: Credentials, login_server: str | None, listen: tuple[str, int]
 ) -> Root:
-    """Make this node a root reached at `login_server` (default: `default_login_server`), or
-    say it already is one. `credentials` must be on the store's own connection: the admin token
-    and the role are written in one transaction, so a refusal leaves the node as it was."""
+    """Make this node a root reached at `login_server` (default: where it will `listen`, as
+    `default_login_server` names it), or say it already is one. `credentials` must be on the
+    store's own connection: the admin token and the role are written in one transaction, so a
+    refusal leaves the node as it was."""
     state = NodeState(store)
     if state.role == CLOUD:
         current = state.get("login_server")
@@ -55,7 +55,7 @@ def make_root(
             f"this node is a {state.role} registry ({state.get('name') or 'unnamed'}); a root "
             "is made on a fresh data directory"
         )
-    login_server = login_server or default_login_server(config, store)
+    login_server = login_server or default_login_server(*listen)
     with write_transaction(store.db):
         credentials.create_scope_map(
             ADMIN, (Permission("**", frozenset(ACTIONS)),), "admin of this root"
@@ -67,13 +67,10 @@ def make_root(
     return Root(login_server, ADMIN, initialized=True, passwords=passwords)
 
 
-def default_login_server(config: Config, store: Store) -> str:
-    """Where this node will listen as a root (0.0.0.0:443 unless configured), with this host's
-    name where that is every address (a device can't dial 0.0.0.0)."""
-    layout = store.layout
-    listen = with_role_defaults(config, CLOUD, layout.tls_server_cert, layout.tls_server_key).listen
-    host = listen.host
+def default_login_server(host: str, port: int) -> str:
+    """The login server of a root listening on `host:port`, with this host's name where that is
+    every address (a device can't dial 0.0.0.0)."""
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
     host = f"[{host}]" if ":" in host else host
-    return f"{host}:{listen.port}"
+    return f"{host}:{port}"

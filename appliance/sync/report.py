@@ -2,10 +2,9 @@
 
 `SyncReport.to_json()` is what `connected-registry sync --output json` prints, what the control
 socket's `report` event carries (registry/control_socket.py), and what `Progress.summary` sums
-up for `status`. Errors are `Problem`s (problems.py) in the report and `CODE: message` strings in the
-JSON. Timestamps are UTC to the second, `2024-05-01T10:00:00Z` (`stamp`), in the JSON as in the
-node state and in what the run tells the parent.
-"""
+up for `status`. Errors are `Problem`s (problems.py) in the report and `CODE: message` strings
+in the JSON. Timestamps are UTC to the second, `2024-05-01T10:00:00Z` (`stamp`), in the JSON as
+in the node state and in what the run tells the parent."""
 
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ The upstreams of a node:
 
 A run goes on in whichever process calls `run_sync`, under the sync lock (lock.py): the running
 service when `connected-registry sync` reaches it over `control.sock`
-(registry/control_socket.py), else the command itself. Its `Progress` (progress.py) is live under its run id, which the report
-(report.py) and every log line carry; the last run that was not dry is summed up in the node
-state (`last_run`), and `last_sync_time` is set by a run that completed without errors; with
-`connection_state`, `last_contact` and `changes_cursor` (parent.py) they are what
-`connected-registry status` shows.
+(registry/control_socket.py), else the command itself. Its `Progress` (progress.py) is live
+under its run id, which the report (report.py) and every log line carry; the last run that was
+not dry is summed up in the node state (`last_run`), and `last_sync_time` is set by a run that
+completed without errors; with `connection_state`, `last_contact` and `changes_cursor`
+(parent.py) they are what `connected-registry status` shows.
 
 Every client a run makes (pull and push, parent and plain upstreams) shares the process's one
 token bucket for `[sync] bandwidth_limit` (bandwidth.py), so the limit holds for all transfers
