@@ -258,7 +258,7 @@ def _outcome(task: asyncio.Task[SyncReport]) -> dict[str, Any]:
     if isinstance(err, AlreadyRunning):
         return _refused()
     if isinstance(err, SyncError):
-        return {"event": "error", "code": str(err).partition(":")[0], "message": str(err)}
+        return {"event": "error", "code": err.code, "message": err.message}
     return {"event": "error", "code": "INTERNAL_ERROR", "message": f"the sync failed: {err}"}
 
 

@@ -78,7 +78,7 @@ async def sync_with_parent(
     try:
         gateway = GatewayClient.for_node(store)
     except GatewayError as err:
-        raise SyncError(f"{err.code}: {err.message}") from None
+        raise SyncError(err.code, err.message) from None
     cached = node.settings() or {}
     report = SourceReport(f"parent {gateway.endpoint}")
     current_progress().set_phase("settings", report.source)

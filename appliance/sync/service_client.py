@@ -139,5 +139,5 @@ def _final(event: dict[str, Any]) -> dict[str, Any]:
     if kind == "error" and event.get("code") == SERVICE_STOPPED:
         raise _stopped("the service stopped during the sync")
     if kind == "error":
-        raise SyncError(str(event.get("message") or event))
+        raise SyncError(str(event.get("code") or "UNKNOWN"), str(event.get("message") or event))
     raise ControlError(f"the service answered an unknown event: {kind!r}")

@@ -18,7 +18,13 @@ from appliance.transport import PeerError
 
 
 class SyncError(Exception):
-    """A run that cannot start (bad upstream config); one line, with a code."""
+    """A run that cannot start (bad upstream config): its code and one line; shown as
+    `CODE: message`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,13 @@ def parent_source(
     try:
         parent = parent_of(store)
     except PeerError as err:
-        raise SyncError(f"{err.code}: {err.message}") from None
+        raise SyncError(err.code, err.message) from None
     try:
         tag_filter = TagFilter.of(
             settings.get("tagInclude"), settings.get("tagExclude"), settings.get("tagSemver")
         )
     except ScopeError as err:
-        raise SyncError(f"SETTINGS_INVALID: the parent's {err}") from None
+        raise SyncError("SETTINGS_INVALID", f"the parent's {err}") from None
     return Source(
         label=f"parent {parent.endpoint}",
         url=parent.url,
@@ -93,7 +99,7 @@ def upstream_sources(config: Config) -> list[Source]:
                 upstream.tag_include, upstream.tag_exclude, upstream.tag_semver
             )
         except ScopeError as err:
-            raise SyncError(f"CONFIG_INVALID: [[upstream]] {upstream.url}: {err}") from None
+            raise SyncError("CONFIG_INVALID", f"[[upstream]] {upstream.url}: {err}") from None
         found.append(
             Source(
                 label=upstream.url,
@@ -114,7 +120,9 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as err:
-        raise SyncError(f"CONFIG_INVALID: cannot read {what} {path}: {err.strerror}") from None
+        raise SyncError(
+            "CONFIG_INVALID", f"cannot read {what} {path}: {err.strerror}"
+        ) from None
 
 
 def _credentials(path: Path) -> tuple[str, str]:
@@ -122,5 +130,5 @@ def _credentials(path: Path) -> tuple[str, str]:
     lines = _read(path, "credentials file").decode("utf-8", "replace").splitlines()
     username, sep, password = (lines[0] if lines else "").partition(":")
     if not sep or not username:
-        raise SyncError(f"CONFIG_INVALID: {path} must hold username:password")
+        raise SyncError("CONFIG_INVALID", f"{path} must hold username:password")
     return username, password
