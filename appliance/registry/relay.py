@@ -74,6 +74,7 @@ from appliance.registry.access import basic_unauthorized
 from appliance.registry.context import json_body
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
+from appliance.storage.timestamps import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ class Relay:
             return refreshed
 
     def _reached_parent(self) -> None:
-        self.node.set("last_contact", datetime.now(UTC).isoformat(timespec="seconds"))
+        self.node.set("last_contact", timestamp())
         if self.queued():
             task = asyncio.get_running_loop().create_task(self.flush())
             self._tasks.add(task)

@@ -45,6 +45,7 @@ from appliance.control.roles import READ_WRITE
 from appliance.control.schedule import ScheduleError
 from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
+from appliance.storage.timestamps import timestamp
 from appliance.sync.client import UPSTREAM_UNREACHABLE, RegistryClient
 from appliance.sync.plan import CHANGES_CURSOR, RESYNC_REQUESTED, Plan, read_plan
 from appliance.sync.problems import Problem, parent_unreachable
@@ -284,13 +285,13 @@ async def _send_status(
 def _status_details(problems: list[Problem], clock: Clock) -> list[dict[str, str]]:
     """The run's errors as status details (PROTOCOL.md §3), one correlation id per run."""
     correlation = str(uuid.uuid4())
-    timestamp = clock().strftime(STAMP)
+    at = clock().strftime(STAMP)
     return [
         {
             "type": _detail_type(problem.code),
             "code": problem.code,
             "description": problem.message,
-            "timestamp": timestamp,
+            "timestamp": at,
             "correlationId": correlation,
         }
         for problem in problems[:MAX_STATUS_DETAILS]
@@ -309,7 +310,7 @@ def _record_contact(node: NodeState, dry_run: bool, reachable: bool) -> None:
         return
     node.set("connection_state", ONLINE if reachable else OFFLINE)
     if reachable:
-        node.set("last_contact", stamp(utc_now()))
+        node.set("last_contact", timestamp(utc_now()))  # storage's one format
 
 
 def _apply_log_level(level: Any) -> None:
