@@ -9,11 +9,13 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from time import monotonic
 
 from appliance.auth.passwords import PasswordChecks
+from appliance.storage.timestamps import utc_now
 from appliance.storage.tokens import Token
 
 # A verified password is trusted this long before its slow hash is checked again.
@@ -27,8 +29,10 @@ _CACHE_LIMIT = 10000
 class CredentialChecks:
     """The verdicts on (token, password) pairs, each reached by one scrypt check."""
 
-    def __init__(self, passwords: PasswordChecks) -> None:
+    def __init__(self, passwords: PasswordChecks, clock: Callable[[], datetime] = utc_now) -> None:
         self.passwords = passwords
+        # What passwords expire against; a test moves it rather than wait.
+        self.clock = clock
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[bytes, _Verdict] = {}
         self._checking: dict[bytes, asyncio.Task[_Verdict]] = {}
@@ -58,7 +62,7 @@ class CredentialChecks:
                 return None  # the token's passwords changed while the check ran
         elif verdict.age() >= CREDENTIAL_REFRESH_SECONDS:
             self._check(key, token, password)
-        return verdict.answer(token, datetime.now(UTC))
+        return verdict.answer(token, self.clock())
 
     def _check(self, key: bytes, token: Token, password: str) -> asyncio.Task[_Verdict]:
         """The check of these credentials in flight, started if there is none."""
@@ -70,7 +74,7 @@ class CredentialChecks:
         return task
 
     async def _verify(self, key: bytes, token: Token, password: str) -> _Verdict:
-        now = datetime.now(UTC)
+        now = self.clock()
         for slot in token.passwords:
             if not slot.expired(now) and await self.passwords.verify(password, slot.hash):
                 verdict = _Verdict(slot.name, slot.hash, monotonic())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -27,7 +28,7 @@ from appliance.auth.scopes import (
     validate_actions,
     validate_pattern,
 )
-from appliance.storage.timestamps import timestamp
+from appliance.storage.timestamps import timestamp, utc_now
 from appliance.storage.tokens import PARENT, StoredScopeMap, Token, Tokens
 
 PASSWORD_NAMES = ("password1", "password2")
@@ -118,13 +119,14 @@ class Credentials:
         max_scope_maps: int = 20000,
         max_permissions: int = 500,
         password_checks: PasswordChecks | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.records = Tokens(db)
         self.max_tokens = max_tokens
         self.max_scope_maps = max_scope_maps
         self.max_permissions = max_permissions
         self.password_checks = password_checks or PasswordChecks()
-        self.checks = CredentialChecks(self.password_checks)
+        self.checks = CredentialChecks(self.password_checks, clock)
 
     # -- scope maps ----------------------------------------------------------------------------
 

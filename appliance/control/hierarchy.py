@@ -20,8 +20,9 @@ import contextlib
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from appliance.auth.scopes import (
@@ -49,7 +50,7 @@ from appliance.control.schedule import (
 from appliance.control.semver import SemverError, parse_range
 from appliance.storage.hierarchy import ConnectedRegistries, ConnectedRegistry, Report
 from appliance.storage.store import Store
-from appliance.storage.timestamps import timestamp
+from appliance.storage.timestamps import timestamp, utc_now
 
 LOG_LEVELS = ("Debug", "Information", "Warning", "Error", "None")
 ACTIVE, INACTIVE = "Active", "Inactive"
@@ -150,12 +151,15 @@ class Hierarchy:
         credentials: Credentials,
         max_client_tokens: int = 20,
         offline_after: timedelta | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.records = ConnectedRegistries(store.db)
         self.credentials = credentials
         self.max_client_tokens = max_client_tokens
         self.offline_after = offline_after
+        # What contact is stamped with and connection states are judged at; a test moves it.
+        self.clock = clock
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -198,7 +202,7 @@ class Hierarchy:
         return self.descendants(parent) if parent is not None else self.all()
 
     def to_json(self, cr: ConnectedRegistry) -> dict[str, Any]:
-        return registry_json(cr, datetime.now(UTC), self.offline_after)
+        return registry_json(cr, self.clock(), self.offline_after)
 
     # -- creating and changing -----------------------------------------------------------------
 
@@ -251,7 +255,7 @@ class Hierarchy:
                         f"{parent!r} ({', '.join(parent_node.repositories)})"
                     )
             self._create_sync_token(name, mode, repos)
-            now = timestamp()
+            now = timestamp(self.clock())
             self.records.add(
                 ConnectedRegistry(
                     name=name,
@@ -414,7 +418,7 @@ class Hierarchy:
                     tag_include=include,
                     tag_exclude=exclude,
                     tag_semver=semver,
-                    updated_at=timestamp(),
+                    updated_at=timestamp(self.clock()),
                 )
             )
         return self.get(name)
@@ -464,7 +468,7 @@ class Hierarchy:
         for ancestor in self.ancestors(cr.name):
             if added:
                 self._grant(ancestor.sync_token, cr.name, cr.mode, added)
-        self.records.set_repositories(cr.name, repositories, timestamp())
+        self.records.set_repositories(cr.name, repositories, timestamp(self.clock()))
 
     def delete(self, name: str, cleanup: bool = False) -> list[str]:
         """Delete the resource. With `cleanup` also its sync token and scope map and its
@@ -497,7 +501,7 @@ class Hierarchy:
 
     def request_resync(self, name: str) -> ConnectedRegistry:
         self.get(name)
-        self.records.request_resync(name, timestamp())
+        self.records.request_resync(name, timestamp(self.clock()))
         return self.get(name)
 
     # -- activation and what instances report ------------------------------------------------
@@ -510,7 +514,9 @@ class Hierarchy:
             cr = self.get(name)
             if cr.activation_status == ACTIVE and cr.instance_id != instance_id:
                 raise HierarchyError("ALREADY_ACTIVATED", ALREADY_ACTIVATED_MESSAGE, 409)
-            self.records.activate(name, ACTIVE, instance_id, version, login_server, timestamp())
+            self.records.activate(
+                name, ACTIVE, instance_id, version, login_server, timestamp(self.clock())
+            )
         return self.get(name)
 
     def deactivate(self, name: str, instance_id: str | None = None) -> None:
@@ -550,17 +556,17 @@ class Hierarchy:
                 status_details=details[:50],
                 resync_done=bool(report.get("resyncDone")),
             ),
-            timestamp(),
+            timestamp(self.clock()),
         )
 
     def touch(self, name: str) -> None:
         """Any gateway call is contact: it keeps the registry Online."""
-        self.records.touch(name, timestamp())
+        self.records.touch(name, timestamp(self.clock()))
 
     def touch_relaying(self, token: str, name: str) -> None:
         """A call for `name` made with another registry's sync token (an ancestor relaying):
         contact from that registry too, if it is active."""
-        self.records.touch_relaying(token, name, ACTIVE, timestamp())
+        self.records.touch_relaying(token, name, ACTIVE, timestamp(self.clock()))
 
     # -- the settings a device receives ---------------------------------------------------------
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from appliance.registry.errors import durable_writes, oci_errors
 from appliance.registry.gateway import HIERARCHY, RELAY
 from appliance.registry.relay import Relay
 from appliance.storage.store import Store
+from appliance.storage.timestamps import utc_now
 from appliance.storage.uploads import ABANDONED_AFTER
 from appliance.sync.bandwidth import limiter_for
 from appliance.sync.ondemand import ON_DEMAND, OnDemand
@@ -73,8 +75,13 @@ async def _purge_abandoned_uploads(store: Store, max_age: float) -> None:
         await asyncio.sleep(PURGE_EVERY)
 
 
-def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.Application:
-    """The registry over the store in `config.data_dir`, opened at startup."""
+def make_app(
+    config: Config,
+    upload_max_age: float = ABANDONED_AFTER,
+    clock: Callable[[], datetime] = utc_now,
+) -> web.Application:
+    """The registry over the store in `config.data_dir`, opened at startup; `clock` is what
+    password expiry and connection states are judged by (a test's, to move time)."""
     app = web.Application(
         middlewares=[oci_errors, durable_writes, access_control], client_max_size=1024**2
     )
@@ -88,6 +95,7 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
             max_tokens=config.limits.tokens,
             max_scope_maps=config.limits.scope_maps,
             max_permissions=config.limits.repository_permissions,
+            clock=clock,
         )
         app[AUTHORITY] = TokenAuthority(load_or_create_key(store.layout.token_signing_key))
         app[HIERARCHY] = Hierarchy(
@@ -95,6 +103,7 @@ def make_app(config: Config, upload_max_age: float = ABANDONED_AFTER) -> web.App
             app[CREDENTIALS],
             max_client_tokens=config.limits.client_tokens,
             offline_after=offline_after_from(config.offline_after),
+            clock=clock,
         )
         app[RELAY] = Relay(store, app[CREDENTIALS])
         app[ON_DEMAND] = OnDemand(store, limiter_for(config.bandwidth_limit))

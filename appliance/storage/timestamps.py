@@ -13,6 +13,11 @@ from datetime import UTC, datetime
 FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
+def utc_now() -> datetime:
+    """The real clock: the default of every `clock=` seam, which a test replaces to move time."""
+    return datetime.now(UTC)
+
+
 def timestamp(moment: datetime | None = None) -> str:
     """`moment` (now if None; a naive one is taken as UTC) in the storage format."""
     moment = moment or datetime.now(UTC)

@@ -2,16 +2,22 @@
 the hot path"): disabling it, an expired password, rotating or deleting a password, deleting the
 token, changing its scope map. Each test first uses the credentials successfully, so the
 server's cache holds them, then changes the token through the Python API and expects the very
-next request to see the change."""
+next request to see the change. Expiry is the one change made by time passing: that test serves
+the app in-process on loopback with a clock it moves, rather than wait for a real expiry."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from support.auth import (
     ALL_ACTIONS,
     READER,
@@ -26,9 +32,17 @@ from support.auth import (
     unique,
 )
 
-from appliance.auth.tokens import parse_permissions
+from appliance.auth.tokens import Credentials, parse_permissions
+from appliance.config import Config
+from appliance.registry.access import CREDENTIALS
+from appliance.registry.app import make_app
 
 REPO = "team/app"
+
+
+class Served(Protocol):
+    @property
+    def url(self) -> str: ...
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
         yield srv
 
 
-async def _tags(http: aiohttp.ClientSession, server: AuthServer, authorization: str) -> int:
+async def _tags(http: aiohttp.ClientSession, server: Served, authorization: str) -> int:
     async with http.get(
         f"{server.url}/v2/{REPO}/tags/list", headers={"Authorization": authorization}
     ) as resp:
@@ -52,7 +66,7 @@ async def _tags(http: aiohttp.ClientSession, server: AuthServer, authorization: 
         return resp.status
 
 
-async def _token_get(http: aiohttp.ClientSession, server: AuthServer, authorization: str) -> int:
+async def _token_get(http: aiohttp.ClientSession, server: Served, authorization: str) -> int:
     async with http.get(
         f"{server.url}/oauth2/token",
         params={"scope": f"repository:{REPO}:pull"},
@@ -63,7 +77,7 @@ async def _token_get(http: aiohttp.ClientSession, server: AuthServer, authorizat
 
 
 async def _token_post(
-    http: aiohttp.ClientSession, server: AuthServer, form: dict[str, str]
+    http: aiohttp.ClientSession, server: Served, form: dict[str, str]
 ) -> tuple[int, dict]:
     async with http.post(f"{server.url}/oauth2/token", data=form) as resp:
         return resp.status, await resp.json(content_type=None)
@@ -75,7 +89,7 @@ def _password_form(name: str, password: str) -> dict[str, str]:
 
 
 async def assert_basic_refused(
-    http: aiohttp.ClientSession, server: AuthServer, authorization: str
+    http: aiohttp.ClientSession, server: Served, authorization: str
 ) -> None:
     async with http.get(
         f"{server.url}/v2/{REPO}/tags/list", headers={"Authorization": authorization}
@@ -122,18 +136,51 @@ async def test_expired_passwords_are_refused(server: AuthServer) -> None:
             assert status == 401
 
 
-async def test_a_password_stops_working_when_it_expires_even_if_cached(
-    server: AuthServer,
-) -> None:
-    token = server.make_token(unique("expiring"), [("team/*", READER)])
-    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
-    password = server.creds.generate_password(token.name, "password1", expiry=expiry.isoformat())
-    async with aiohttp.ClientSession() as http:
-        assert await _tags(http, server, basic(token.name, password)) == 200
-        await asyncio.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 0.3)
-        await assert_basic_refused(http, server, basic(token.name, password))
-        assert await _token_get(http, server, basic(token.name, password)) == 401
-        assert await _tags(http, server, basic(token.name, token.password2)) == 200
+class Clock:
+    """The in-process server's clock: real time until the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class InProcess:
+    """The registry app served in this process on loopback, auth on, with the test's clock."""
+
+    url: str
+    creds: Credentials
+
+
+@asynccontextmanager
+async def in_process(data_dir: Path, clock: Clock) -> AsyncIterator[InProcess]:
+    app = make_app(Config(data_dir=data_dir, auth_enabled=True), clock=clock)
+    async with TestServer(app, host="127.0.0.1") as served:
+        server = InProcess(str(served.make_url("")).rstrip("/"), app[CREDENTIALS])
+        server.creds.create_scope_map("admin-map", parse_permissions([("**", list(ALL_ACTIONS))]))
+        _, passwords = server.creds.create_token("admin", "admin-map")
+        async with aiohttp.ClientSession(
+            headers={"Authorization": basic("admin", passwords["password1"])}
+        ) as http:
+            await seed_repository(http, server.url, REPO)
+        yield server
+
+
+async def test_a_password_stops_working_when_it_expires_even_if_cached(tmp_path: Path) -> None:
+    clock = Clock()
+    async with in_process(tmp_path / "data", clock) as server:
+        server.creds.create_scope_map("expiring-map", parse_permissions([("team/*", READER)]))
+        _, passwords = server.creds.create_token("expiring", "expiring-map")
+        expiry = clock.now.replace(microsecond=0) + timedelta(hours=1)
+        password = server.creds.generate_password("expiring", "password1", expiry.isoformat())
+        async with aiohttp.ClientSession() as http:
+            assert await _tags(http, server, basic("expiring", password)) == 200
+            clock.now = expiry + timedelta(seconds=1)
+            await assert_basic_refused(http, server, basic("expiring", password))
+            assert await _token_get(http, server, basic("expiring", password)) == 401
+            assert await _tags(http, server, basic("expiring", passwords["password2"])) == 200
 
 
 async def test_rotating_a_password_revokes_the_old_one_at_once(server: AuthServer) -> None:
