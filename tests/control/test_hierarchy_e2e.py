@@ -1,6 +1,6 @@
 """A three-level hierarchy end to end, with real processes on loopback.
 
-root (`cloud init`, served with auth over loopback HTTP, `[hierarchy] offline_after = "PT2S"`)
+root (`cloud init`, served with auth over loopback HTTP, `[hierarchy] offline_after = "PT10M"`)
   └─ edge01 (ReadWrite; activated against the root, served on its own data directory)
        └─ shelf01 (ReadOnly; created on the root *after* edge01 activated, activated through
                    edge01, which relays its gateway calls upward)
@@ -8,6 +8,8 @@ root (`cloud init`, served with auth over loopback HTTP, `[hierarchy] offline_af
 The tests share the hierarchy (module scope) and run in file order; the last one stops and
 restarts the root. Device-side gateway calls that no command makes yet (status reports, settings
 polls: `sync` does that later) go through `GatewayClient.for_node` on the device's data dir.
+Time passing (a registry going Offline, contact moving its stamp on) is the root's `Hierarchy` on
+its database with a clock the test sets, not a wait.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +30,15 @@ from support.cli import run
 from support.hierarchy import node_state
 from support.server import RegistryProcess
 
+from appliance.auth.tokens import Credentials
 from appliance.control.connection_string import parse
 from appliance.control.gateway_client import GatewayClient, GatewayError
+from appliance.control.hierarchy import Hierarchy
 from appliance.control.node import NodeState
 from appliance.storage.store import Store
 
 SECURE_LOCAL = ["--auth", "--insecure-http"]
-
-
+OFFLINE_AFTER = timedelta(minutes=10)
 
 
 def ok(*args: str) -> str:
@@ -58,6 +63,16 @@ class Tree:
 
     def show(self, name: str) -> dict[str, Any]:
         return self.cloud("show", name)
+
+    @contextmanager
+    def root_at(self, moment: datetime) -> Iterator[Hierarchy]:
+        """The root's hierarchy on its database, with its clock stopped at `moment`."""
+        store = Store(self.root.data_dir)
+        try:
+            credentials = Credentials(store.db)
+            yield Hierarchy(store, credentials, offline_after=OFFLINE_AFTER, clock=lambda: moment)
+        finally:
+            store.close()
 
     def get_settings(self, name: str) -> str:
         made = self.cloud(
@@ -97,7 +112,7 @@ def activate(data_dir: Path, connection: str, *args: str) -> subprocess.Complete
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
     tmp = tmp_path_factory.mktemp("hierarchy")
     root_config = tmp / "root.toml"
-    root_config.write_text('[hierarchy]\noffline_after = "PT2S"\n')
+    root_config.write_text('[hierarchy]\noffline_after = "PT10M"\n')
     root = RegistryProcess(tmp / "root", ["--config", str(root_config), *SECURE_LOCAL])
     edge = RegistryProcess(tmp / "edge01", SECURE_LOCAL)
     servers = [root, edge]
@@ -132,16 +147,11 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
             server.stop()
 
 
-def report_until(tree: Tree, data_dir: Path, name: str, report: dict, state: str) -> None:
-    """Report, then read the root's connection state; a few tries, since the state is read by
-    a command that takes a second to start and the offline limit is only 2 s."""
-    seen = None
-    for _ in range(3):
-        device_call(data_dir, "report_status", report)
-        seen = tree.show(name)["connectionState"]
-        if seen == state:
-            return
-    raise AssertionError(f"{name} is {seen}, not {state}, right after reporting {report}")
+def report_then_see(tree: Tree, data_dir: Path, name: str, report: dict, state: str) -> None:
+    """Report, then the root shows `state` for `name`."""
+    device_call(data_dir, "report_status", report)
+    seen = tree.show(name)["connectionState"]
+    assert seen == state, f"{name} is {seen}, not {state}, right after reporting {report}"
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
@@ -219,12 +229,12 @@ def test_relay_refuses_a_wrong_password(tree: Tree) -> None:
 
 def test_connection_state_follows_contact(tree: Tree) -> None:
     edge = tree.edge.data_dir
-    report_until(tree, edge, "edge01", {"state": "Online"}, "Online")
-    wait_for(
-        lambda: tree.show("edge01")["connectionState"] == "Offline",
-        "edge01 Offline after it stopped reporting",
-    )
-    report_until(tree, edge, "edge01", {"state": "Online"}, "Online")
+    report_then_see(tree, edge, "edge01", {"state": "Online"}, "Online")
+    # Its last contact as if it came longer ago than the limit: it stopped reporting since.
+    with tree.root_at(datetime.now(UTC) - OFFLINE_AFTER - timedelta(seconds=1)) as then:
+        then.touch("edge01")
+    assert tree.show("edge01")["connectionState"] == "Offline"
+    report_then_see(tree, edge, "edge01", {"state": "Online"}, "Online")
 
 
 def test_status_details_make_it_unhealthy_and_syncing_shows(tree: Tree) -> None:
@@ -236,16 +246,17 @@ def test_status_details_make_it_unhealthy_and_syncing_shows(tree: Tree) -> None:
         "correlationId": "c1",
     }
     # Through the relay: shelf01 reports to edge01, which forwards to the root.
-    report_until(
+    report_then_see(
         tree, tree.shelf_dir, "shelf01", {"state": "Online", "statusDetails": [detail]}, "Unhealthy"
     )
-    report_until(tree, tree.shelf_dir, "shelf01", {"state": "Syncing"}, "Syncing")
-    report_until(tree, tree.shelf_dir, "shelf01", {"state": "Online"}, "Online")
+    report_then_see(tree, tree.shelf_dir, "shelf01", {"state": "Syncing"}, "Syncing")
+    report_then_see(tree, tree.shelf_dir, "shelf01", {"state": "Online"}, "Online")
 
 
 def test_a_relayed_call_is_contact_for_the_relaying_registry_too(tree: Tree) -> None:
+    with tree.root_at(datetime.now(UTC) - timedelta(hours=1)) as then:
+        then.touch("edge01")
     before = tree.show("edge01")["lastActivityTime"]
-    time.sleep(1.1)  # the root stamps whole seconds
     device_call(tree.shelf_dir, "report_status", {"state": "Online"})
     assert tree.show("edge01")["lastActivityTime"] > before
 
