@@ -72,7 +72,6 @@ from appliance.control.node import CONNECTED, NodeState
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.registry.access import basic_unauthorized
 from appliance.registry.context import json_body
-from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
 from appliance.storage.timestamps import timestamp
 
@@ -257,7 +256,7 @@ class Relay:
         if fresh is None:
             return True
         try:
-            with write_transaction(self.store.db):
+            with self.store.transaction():
                 self.credentials.replace_from_parent(served_tokens(fresh.body))
                 self.node.set("settings", json.dumps(fresh.body, sort_keys=True))
                 if fresh.etag:

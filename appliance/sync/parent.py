@@ -43,7 +43,6 @@ from appliance.control.hierarchy import CONFLICT_DETAIL, OFFLINE, ONLINE, SYNCIN
 from appliance.control.node import NodeState
 from appliance.control.roles import READ_WRITE
 from appliance.control.schedule import ScheduleError
-from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
 from appliance.storage.timestamps import timestamp
 from appliance.sync.client import UPSTREAM_UNREACHABLE, RegistryClient
@@ -228,7 +227,7 @@ async def _refresh_settings(
     if dry_run:
         return fresh.body
     try:
-        with write_transaction(store.db):
+        with store.transaction():
             # Tokens, repositories, schedule, window, TTL and log level all take effect now.
             Credentials(store.db).replace_from_parent(served_tokens(fresh.body))
             node.set("settings", json.dumps(fresh.body, sort_keys=True))
