@@ -262,7 +262,7 @@ class Relay:
                 if fresh.etag:
                     self.node.set("settings_etag", fresh.etag)
                 else:
-                    self.store.delete_state("settings_etag")
+                    self.store.node.settings_etag = None
         except CredentialError as err:
             log.warning("the parent's settings were not applied: %s", err)
             return False
@@ -301,8 +301,8 @@ class Relay:
 
     def _drop_queued(self, name: str) -> None:
         key = self._queue_key(name)
-        if self.store.state(key) is not None:
-            self.store.delete_state(key)
+        if self.store.node.get(key) is not None:
+            self.store.node.delete(key)
 
     async def flush(self) -> int:
         """Send the queued reports upward; how many left the queue."""
@@ -325,8 +325,8 @@ class Relay:
                             log.warning("the parent refused the status of %s: %s", name, reason)
                         key = QUEUED_STATUS + name
                         # Only if no newer report was queued while this one travelled.
-                        if self.store.state(key) == report:
-                            self.store.delete_state(key)
+                        if self.store.node.get(key) == report:
+                            self.store.node.delete(key)
                         sent += 1
             except GatewayError as err:
                 log.info("queued status reports wait for the parent: %s", err)

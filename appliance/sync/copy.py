@@ -419,7 +419,7 @@ class RepositoryCopy:
                         origin=Origin.PARENT,
                     )
                     # What the parent's tag was when we last heard: push sync's conflict check.
-                    self.store.set_state(parent_tag_key(self.repository, tag), str(fetched.digest))
+                    self.store.node.set(parent_tag_key(self.repository, tag), str(fetched.digest))
         self.transfer.tags_moved += len(moves)
 
     def _delete_tags_gone_upstream(self, upstream: set[str]) -> None:
@@ -436,7 +436,7 @@ class RepositoryCopy:
             with self.store.transaction():
                 for tag in gone:
                     self.store.delete_tag(self.repository, tag, origin=Origin.PARENT)
-                    self.store.delete_state(parent_tag_key(self.repository, tag))
+                    self.store.node.delete(parent_tag_key(self.repository, tag))
         self.transfer.tags_deleted += len(gone)
 
 
