@@ -86,7 +86,7 @@ async def prune_periodically(store: Store, hierarchy: Hierarchy) -> None:
     lifetime task)."""
     while True:
         try:
-            role = store.state("role")
+            role = store.node.role
             removed = 0
             if role == CLOUD:
                 removed = prune_changes(hierarchy)

@@ -49,18 +49,18 @@ class NodeState:
         self.store = store
 
     def get(self, key: str) -> str | None:
-        return self.store.state(key)
+        return self.store.node.get(key)
 
     def set(self, key: str, value: str) -> None:
-        self.store.set_state(key, value)
+        self.store.node.set(key, value)
 
     @property
     def role(self) -> str | None:
-        return self.get("role")
+        return self.store.node.role
 
     @property
     def mode(self) -> str:
-        return self.get("mode") or READ_WRITE
+        return self.store.node.mode or READ_WRITE
 
     def instance_id(self) -> str:
         """Random, made once per data directory: two data directories are two instances."""

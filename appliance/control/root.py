@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from appliance.auth.scopes import ACTIONS, Permission
 from appliance.auth.tokens import Credentials
 from appliance.control.node import CLOUD, NodeState
-from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
 
 ADMIN = "cloudadmin"
@@ -56,7 +55,7 @@ def make_root(
             "is made on a fresh data directory"
         )
     login_server = login_server or default_login_server(*listen)
-    with write_transaction(store.db):
+    with store.transaction():
         credentials.create_scope_map(
             ADMIN, (Permission("**", frozenset(ACTIONS)),), "admin of this root"
         )

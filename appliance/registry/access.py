@@ -218,7 +218,7 @@ def authorize_mount_source(request: web.Request, identity: Identity, needs: froz
 def check_mode(request: web.Request, needs: frozenset[str]) -> None:
     if CONTENT_WRITE not in needs and CONTENT_DELETE not in needs:
         return
-    if store_of(request).state("mode") != READ_ONLY:
+    if store_of(request).node.mode != READ_ONLY:
         return
     if CONTENT_WRITE in needs:
         raise OCIError(

@@ -49,7 +49,7 @@ POLL_EVERY = 0.5
 
 
 def _relaying(request: web.Request) -> bool:
-    return store_of(request).state("role") == CONNECTED
+    return store_of(request).node.role == CONNECTED
 
 
 def gateway_access(action: str) -> Callable[[Handler], Handler]:
@@ -88,7 +88,7 @@ async def _authorize(request: web.Request, name: str, action: str) -> None:
             ErrorCode.DENIED,
             f"token {token.name!r} may not {action} for connected registry {name!r}",
         )
-    if store_of(request).state("role") != CLOUD:
+    if store_of(request).node.role != CLOUD:
         raise OCIError(ErrorCode.NAME_UNKNOWN, "this node is not a parent of connected registries")
     request.app[HIERARCHY].touch_relaying(token.name, name)
 

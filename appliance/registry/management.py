@@ -46,7 +46,7 @@ def admin_only(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def checked(request: web.Request) -> web.StreamResponse:
         store = store_of(request)
-        if store.state("role") != CLOUD:
+        if store.node.role != CLOUD:
             raise OCIError(
                 ErrorCode.NAME_UNKNOWN, "this node is not a root: it has no management API"
             )
@@ -58,7 +58,7 @@ def admin_only(handler: Handler) -> Handler:
         token = await request.app[CREDENTIALS].authenticate(*basic)
         if token is None:
             raise basic_unauthorized(REALM, "invalid username or password")
-        if token.name != store.state("admin_token"):
+        if token.name != store.node.admin_token:
             raise OCIError(
                 ErrorCode.DENIED, f"token {token.name!r} is not this root's admin token"
             )

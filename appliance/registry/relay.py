@@ -72,7 +72,6 @@ from appliance.control.node import CONNECTED, NodeState
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.registry.access import basic_unauthorized
 from appliance.registry.context import json_body
-from appliance.storage.schema import write_transaction
 from appliance.storage.store import Store
 from appliance.storage.timestamps import timestamp
 
@@ -257,13 +256,13 @@ class Relay:
         if fresh is None:
             return True
         try:
-            with write_transaction(self.store.db):
+            with self.store.transaction():
                 self.credentials.replace_from_parent(served_tokens(fresh.body))
                 self.node.set("settings", json.dumps(fresh.body, sort_keys=True))
                 if fresh.etag:
                     self.node.set("settings_etag", fresh.etag)
                 else:
-                    self.store.delete_state("settings_etag")
+                    self.store.node.settings_etag = None
         except CredentialError as err:
             log.warning("the parent's settings were not applied: %s", err)
             return False
@@ -302,8 +301,8 @@ class Relay:
 
     def _drop_queued(self, name: str) -> None:
         key = self._queue_key(name)
-        if self.store.state(key) is not None:
-            self.store.delete_state(key)
+        if self.store.node.get(key) is not None:
+            self.store.node.delete(key)
 
     async def flush(self) -> int:
         """Send the queued reports upward; how many left the queue."""
@@ -326,8 +325,8 @@ class Relay:
                             log.warning("the parent refused the status of %s: %s", name, reason)
                         key = QUEUED_STATUS + name
                         # Only if no newer report was queued while this one travelled.
-                        if self.store.state(key) == report:
-                            self.store.delete_state(key)
+                        if self.store.node.get(key) == report:
+                            self.store.node.delete(key)
                         sent += 1
             except GatewayError as err:
                 log.info("queued status reports wait for the parent: %s", err)

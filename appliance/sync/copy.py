@@ -57,7 +57,6 @@ from appliance.control.roles import READ_ONLY
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
-from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
 from appliance.sync.client import FetchedManifest, RegistryClient, RegistryError
 from appliance.sync.content import TagFilter
@@ -409,7 +408,7 @@ class RepositoryCopy:
     def _move_tags(self, moves: list[tuple[str, FetchedManifest]]) -> None:
         """Point each tag at its manifest (stored, with its tree), all in one transaction."""
         if not self.dry_run:
-            with write_transaction(self.store.db):
+            with self.store.transaction():
                 for tag, fetched in moves:
                     self.store.put_manifest(
                         self.repository,
@@ -420,7 +419,7 @@ class RepositoryCopy:
                         origin=Origin.PARENT,
                     )
                     # What the parent's tag was when we last heard: push sync's conflict check.
-                    self.store.set_state(parent_tag_key(self.repository, tag), str(fetched.digest))
+                    self.store.node.set(parent_tag_key(self.repository, tag), str(fetched.digest))
         self.transfer.tags_moved += len(moves)
 
     def _delete_tags_gone_upstream(self, upstream: set[str]) -> None:
@@ -434,10 +433,10 @@ class RepositoryCopy:
         ]
         if gone and not self.dry_run:
             # One transaction (one fsync) for them all.
-            with write_transaction(self.store.db):
+            with self.store.transaction():
                 for tag in gone:
                     self.store.delete_tag(self.repository, tag, origin=Origin.PARENT)
-                    self.store.delete_state(parent_tag_key(self.repository, tag))
+                    self.store.node.delete(parent_tag_key(self.repository, tag))
         self.transfer.tags_deleted += len(gone)
 
 

@@ -43,11 +43,10 @@ from appliance.control.hierarchy import CONFLICT_DETAIL, OFFLINE, ONLINE, SYNCIN
 from appliance.control.node import NodeState
 from appliance.control.roles import READ_WRITE
 from appliance.control.schedule import ScheduleError
-from appliance.storage.schema import write_transaction
 from appliance.storage.store import Origin, Store
 from appliance.storage.timestamps import timestamp
 from appliance.sync.client import UPSTREAM_UNREACHABLE, RegistryClient
-from appliance.sync.plan import CHANGES_CURSOR, RESYNC_REQUESTED, Plan, read_plan
+from appliance.sync.plan import CHANGES_CURSOR, Plan, read_plan
 from appliance.sync.problems import Problem, parent_unreachable
 from appliance.sync.progress import current_progress
 from appliance.sync.pull import pull
@@ -140,7 +139,7 @@ async def sync_with_parent(
         if clean and not dry_run and plan.cursor is not None:
             node.set(CHANGES_CURSOR, str(plan.cursor))
         if clean and not dry_run and plan.full:
-            store.delete_state(RESYNC_REQUESTED)
+            store.node.resync_requested = False
         if report.unreachable:
             _record_contact(node, dry_run, reachable=False)
         elif not dry_run:
@@ -228,14 +227,14 @@ async def _refresh_settings(
     if dry_run:
         return fresh.body
     try:
-        with write_transaction(store.db):
+        with store.transaction():
             # Tokens, repositories, schedule, window, TTL and log level all take effect now.
             Credentials(store.db).replace_from_parent(served_tokens(fresh.body))
             node.set("settings", json.dumps(fresh.body, sort_keys=True))
             if fresh.etag:
                 node.set("settings_etag", fresh.etag)
             else:
-                store.delete_state("settings_etag")
+                store.node.settings_etag = None
     except CredentialError as err:
         report.errors.append(Problem("SETTINGS_INVALID", f"the parent's client tokens: {err}"))
         return cached
@@ -262,7 +261,7 @@ def remove_out_of_scope(store: Store, scope: list[str], config: Config, dry_run:
     for name in removed if not dry_run else []:
         store.remove_repository(name, Origin.PARENT)
         for key in store.state_keys(parent_tag_key(name, "")):
-            store.delete_state(key)
+            store.node.delete(key)
         log.info("removed repository %s: it left the sync scope", name)
     return removed
 

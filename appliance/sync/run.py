@@ -82,7 +82,7 @@ async def _run(store: Store, config: Config, dry_run: bool, clock: Clock) -> Syn
             continue
         pulled = await _pull_upstream(store, source, node.mode, dry_run)
         if not dry_run and not pulled.errors:
-            store.set_state(UPSTREAM_RUN + source.url, now.strftime(STAMP))
+            store.node.set(UPSTREAM_RUN + source.url, now.strftime(STAMP))
         report.sources.append(pulled)
     if node.role == CONNECTED:
         parent = await sync_with_parent(store, config, node, report, dry_run, clock)
@@ -100,7 +100,7 @@ def _due(store: Store, source: Source, now: datetime) -> bool:
     run (or it never completed one); one without runs every time."""
     if source.schedule is None:
         return True
-    last = store.state(UPSTREAM_RUN + source.url)
+    last = store.node.get(UPSTREAM_RUN + source.url)
     if last is None:
         return True
     done = datetime.strptime(last, STAMP).replace(tzinfo=UTC)

@@ -69,7 +69,7 @@ def read_only(
         try:
             seeded, spare, upload = asyncio.run(seed(process.url, {}))
             store = Store(data_dir)
-            store.set_state("mode", "ReadOnly")
+            store.node.mode = "ReadOnly"
             store.close()
             yield ReadOnlyNode(process.url, {}, seeded, spare, upload)
         finally:
@@ -79,7 +79,7 @@ def read_only(
     with auth_server(data_dir) as server:
         admin = server.make_token("admin", [("**", ALL_ACTIONS)])
         seeded, spare, upload = asyncio.run(seed(server.url, {"Authorization": admin.header}))
-        server.store.set_state("mode", "ReadOnly")
+        server.store.node.mode = "ReadOnly"
         authorization = admin.header
         if kind == "bearer":
 

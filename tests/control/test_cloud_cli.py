@@ -152,8 +152,8 @@ def test_init_makes_a_root_and_prints_the_admin_passwords_once(tmp_path: Path) -
 
 def test_init_is_refused_on_a_connected_registry_and_changes_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path / "data")
-    store.set_state("role", "connected")
-    store.set_state("name", "edge01")
+    store.node.role = "connected"
+    store.node.name = "edge01"
     store.close()
     node = Node(tmp_path / "data")
     line = node.refused("cloud", "init")

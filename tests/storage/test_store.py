@@ -50,7 +50,7 @@ def test_a_new_database_is_at_the_current_schema_version(tmp_path: Path) -> None
 
 async def test_local_writes_on_a_node_with_a_parent_go_to_the_outbox(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    store.set_state("role", "connected")
+    store.node.role = "connected"
     image = make_image("outbox")
     await _put_blobs(store, "app", image.blobs)
     digest, _ = store.put_manifest("app", image.manifest, image.media_type, ["v1"])
@@ -66,7 +66,7 @@ async def test_local_writes_on_a_node_with_a_parent_go_to_the_outbox(tmp_path: P
 
 async def test_content_from_the_parent_is_not_sent_back_up(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    store.set_state("role", "connected")
+    store.node.role = "connected"
     image = make_image("from-parent")
     await _put_blobs(store, "app", image.blobs)
     store.put_manifest("app", image.manifest, image.media_type, ["v1"], origin=Origin.PARENT)
@@ -76,7 +76,7 @@ async def test_content_from_the_parent_is_not_sent_back_up(tmp_path: Path) -> No
 
 async def test_a_refused_manifest_writes_no_feed_or_outbox_row(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    store.set_state("role", "connected")
+    store.node.role = "connected"
     image = make_image("missing-blobs")
     with pytest.raises(OCIError) as refused:
         store.put_manifest("app", image.manifest, image.media_type, ["v1"])

@@ -122,7 +122,7 @@ async def test_a_tag_moved_on_both_sides_keeps_the_roots_and_is_reported(
     assert push_of(pulled)["rows"] == 0
     assert device_tag(device, "demo/app", "v1") == (first.digest, "parent")
     store = Store(device)
-    assert store.state(parent_tag_key("demo/app", "v1")) == first.digest
+    assert store.node.get(parent_tag_key("demo/app", "v1")) == first.digest
     store.close()
 
     served = start_registry(data_dir=device, args=["--auth", "--insecure-http"])

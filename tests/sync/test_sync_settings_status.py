@@ -203,13 +203,13 @@ async def test_a_run_past_its_window_stops_between_repositories(
         assert report.errors == []
         assert store.manifest("demo/a", "v1") is not None
         assert store.manifest("demo/b", "v1") is None
-        assert store.state("changes_cursor") is None  # not applied: the feed is read again
-        assert store.state("last_sync_time") is None
+        assert store.node.changes_cursor is None  # not applied: the feed is read again
+        assert store.node.last_sync_time is None
 
         again = await sync_run.run_sync(store, config, clock=lambda: inside)
 
         assert not again.stopped_by_window and again.errors == []
         assert store.manifest("demo/b", "v1") is not None
-        assert store.state("changes_cursor") is not None
+        assert store.node.changes_cursor is not None
     finally:
         store.close()
