@@ -44,7 +44,7 @@ class AuthSettings:
 AUTH = web.AppKey("auth", AuthSettings)
 CREDENTIALS = web.AppKey("credentials", Credentials)
 AUTHORITY = web.AppKey("authority", TokenAuthority)
-IDENTITY = "identity"
+IDENTITY = web.RequestKey("identity", Identity)
 
 
 def service_name(request: web.Request) -> str:
