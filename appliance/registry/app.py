@@ -19,7 +19,7 @@ from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.registry import blobs, gateway, listing, management, manifests, token, uploads
 from appliance.registry.access import AUTH, AUTHORITY, CREDENTIALS, AuthSettings, access_control
 from appliance.registry.context import LOGIN, STORE, requires
-from appliance.registry.errors import durable_writes, oci_errors
+from appliance.registry.errors import UPLOAD_CHUNK_ROUTE, durable_writes, oci_errors
 from appliance.registry.gateway import HIERARCHY, RELAY
 from appliance.registry.relay import Relay
 from appliance.storage.store import Store
@@ -52,7 +52,7 @@ def add_routes(app: web.Application) -> None:
     r.add_route("POST", f"/v2/{NAME}/blobs/uploads/", uploads.start_upload)
     r.add_route("POST", f"/v2/{NAME}/blobs/uploads", uploads.start_upload)
     session = f"/v2/{NAME}/blobs/uploads/{{session}}"
-    r.add_route("PATCH", session, uploads.patch_upload)
+    r.add_route("PATCH", session, uploads.patch_upload, name=UPLOAD_CHUNK_ROUTE)
     r.add_route("PUT", session, uploads.finish_upload)
     r.add_route("GET", session, uploads.upload_status)
     r.add_route("DELETE", session, uploads.cancel_upload)

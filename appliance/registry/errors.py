@@ -86,9 +86,12 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     return response
 
 
-# Not PATCH: a chunk's bytes are not fsynced (the upload file's length is its progress, and a
-# client asks for it after a crash), so an fsync of the session's row would promise nothing.
-WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The route of an upload's PATCH, the one write that does not wait: a chunk's bytes are not
+# fsynced (the upload file's length is its progress, and a client asks for it after a crash), so
+# an fsync of the session's row would promise nothing. Every other PATCH (the management API's
+# updates) waits as any write does.
+UPLOAD_CHUNK_ROUTE = "upload-chunk"
 
 
 @web.middleware
@@ -97,6 +100,6 @@ async def durable_writes(request: web.Request, handler: Handler) -> web.StreamRe
     (registry, token, gateway, management), wait for the store's group commit (at once when
     nothing was committed since the last fsync)."""
     response = await handler(request)
-    if request.method in WRITE_METHODS:
+    if request.method in WRITE_METHODS and request.match_info.route.name != UPLOAD_CHUNK_ROUTE:
         await store_of(request).flush()
     return response

@@ -7,6 +7,14 @@ import asyncio
 import time
 from pathlib import Path
 
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from appliance.config import Config
+from appliance.registry.app import make_app
+from appliance.registry.context import STORE
 from appliance.storage.durability import WalSync
 from appliance.storage.store import Store
 
@@ -83,3 +91,38 @@ def test_the_server_connection_commits_without_waiting_for_the_disk(tmp_path: Pa
         "PRAGMA synchronous"
     ).fetchone()[0] == 1  # NORMAL
     assert Store(tmp_path / "b").conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+async def test_every_acknowledged_write_waits_for_an_fsync_but_an_upload_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real app on loopback: a chunk's PATCH does not wait for the WAL (its bytes are not
+    fsynced either); any other PATCH that wrote (the management API's updates) does."""
+    fsyncs: list[int] = []
+    real_fsync = WalSync._fsync_now
+
+    def counted(self: WalSync) -> None:
+        fsyncs.append(1)
+        real_fsync(self)
+
+    monkeypatch.setattr(WalSync, "_fsync_now", counted)
+    app = make_app(Config(data_dir=tmp_path / "data"))
+
+    async def a_patch_that_writes(request: web.Request) -> web.Response:
+        request.app[STORE].node.set("probe", request.match_info["value"])
+        return web.Response(status=204)
+
+    app.router.add_patch("/probe/{value}", a_patch_that_writes)
+    async with TestServer(app, host="127.0.0.1") as served, aiohttp.ClientSession() as http:
+        base = str(served.make_url("")).rstrip("/")
+        async with http.post(f"{base}/v2/probe/app/blobs/uploads/") as resp:
+            assert resp.status == 202
+            location = base + resp.headers["Location"]
+        before = len(fsyncs)
+        async with http.patch(location, data=b"x" * 1000) as resp:
+            assert resp.status == 202
+        assert len(fsyncs) == before
+
+        async with http.patch(f"{base}/probe/1") as resp:
+            assert resp.status == 204
+        assert len(fsyncs) == before + 1
