@@ -89,3 +89,14 @@ def test_sql_is_written_only_in_storage() -> None:
         if SQL_CALL.search(line)
     ]
     assert outside == []
+
+
+def test_http_handlers_live_only_in_registry() -> None:
+    """aiohttp's server side (`web`) belongs to registry/; `serve` only runs the app."""
+    serving = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).parts[0] != "registry"
+        and re.search(r"from aiohttp import web|aiohttp\.web\b", path.read_text())
+    ]
+    assert serving == ["appliance/cli/serve.py"]

@@ -18,7 +18,7 @@ from appliance.control.feed import prune_periodically
 from appliance.control.hierarchy import Hierarchy, offline_after_from
 from appliance.registry import blobs, gateway, listing, management, manifests, token, uploads
 from appliance.registry.access import AUTH, AUTHORITY, CREDENTIALS, AuthSettings, access_control
-from appliance.registry.context import LOGIN, STORE, requires
+from appliance.registry.context import LOGIN, ON_DEMAND, STORE, requires
 from appliance.registry.errors import UPLOAD_CHUNK_ROUTE, durable_writes, oci_errors
 from appliance.registry.gateway import HIERARCHY, RELAY
 from appliance.registry.relay import Relay
@@ -26,7 +26,7 @@ from appliance.storage.store import Store
 from appliance.storage.timestamps import utc_now
 from appliance.storage.uploads import ABANDONED_AFTER
 from appliance.sync.bandwidth import limiter_for
-from appliance.sync.ondemand import ON_DEMAND, OnDemand
+from appliance.sync.ondemand import OnDemand
 
 log = logging.getLogger(__name__)
 

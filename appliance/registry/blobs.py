@@ -13,8 +13,7 @@ from aiohttp import web
 
 from appliance.auth.scopes import CONTENT_DELETE, CONTENT_READ
 from appliance.oci.errors import ErrorCode, OCIError
-from appliance.registry.context import digest_of, repository_of, requires, store_of
-from appliance.sync.ondemand import ON_DEMAND
+from appliance.registry.context import ON_DEMAND, digest_of, repository_of, requires, store_of
 
 
 @requires(CONTENT_READ)

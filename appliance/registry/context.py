@@ -12,8 +12,10 @@ from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.names import validate_name
 from appliance.storage.store import Store
+from appliance.sync.ondemand import OnDemand
 
 STORE = web.AppKey("store", Store)
+ON_DEMAND = web.AppKey("on_demand", OnDemand)
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -14,9 +14,8 @@ from appliance.oci.digests import Digest
 from appliance.oci.errors import ErrorCode, OCIError
 from appliance.oci.manifests import MAX_MANIFEST_BYTES
 from appliance.oci.names import parse_reference, validate_tag
-from appliance.registry.context import repository_of, requires, store_of
+from appliance.registry.context import ON_DEMAND, repository_of, requires, store_of
 from appliance.storage.store import manifest_too_large
-from appliance.sync.ondemand import ON_DEMAND
 
 
 def _existing_reference(request: web.Request) -> str | Digest:

@@ -54,7 +54,6 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
-from aiohttp import web
 
 from appliance.auth.scopes import matches
 from appliance.control.node import CONNECTED, NodeState
@@ -406,6 +405,3 @@ def _check_manifest(fetched: FetchedManifest) -> None:
 def _message(err: RegistryError | OCIError) -> str:
     code = err.code if isinstance(err, RegistryError) else err.code.name
     return f"{code}: {err.message}"
-
-
-ON_DEMAND = web.AppKey("on_demand", OnDemand)
