@@ -48,6 +48,16 @@ class Outbox:
         """A row that was applied upward (or dropped): it is never replayed again."""
         self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
+    def holds(self, repository: str, digest: str) -> bool:
+        """Whether a write of this manifest (or a tag on it) still waits to go up."""
+        return (
+            self._conn.execute(
+                "SELECT 1 FROM outbox WHERE repository = ? AND digest = ? LIMIT 1",
+                (repository, digest),
+            ).fetchone()
+            is not None
+        )
+
     def pending(self) -> int:
         """How many rows wait."""
         return int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])

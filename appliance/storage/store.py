@@ -42,6 +42,9 @@ class Origin(StrEnum):
     LOCAL = "local"
     PARENT = "parent"
     CHILD = "child"
+    # GC, retention and eviction: recorded in the change feed (children follow a retention
+    # delete) but never in the outbox, so maintenance never travels up to the parent.
+    MAINTENANCE = "maintenance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,7 +581,7 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (repository, op, tag, str(digest), origin.value, now),
         )
-        if origin is not Origin.PARENT and self.has_parent:
+        if origin in (Origin.LOCAL, Origin.CHILD) and self.has_parent:
             self.outbox.append(repository, op, tag, str(digest), now)
 
 

@@ -13,6 +13,7 @@ from support.oci import make_image
 
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
+from appliance.storage.deletion import kept_because
 from appliance.storage.schema import SCHEMA_VERSION, SchemaTooNew
 from appliance.storage.store import Origin, Store
 
@@ -72,6 +73,23 @@ async def test_content_from_the_parent_is_not_sent_back_up(tmp_path: Path) -> No
     store.put_manifest("app", image.manifest, image.media_type, ["v1"], origin=Origin.PARENT)
     assert _rows(store, "outbox") == []
     assert [op for _, op, _, _ in _rows(store, "changes")] == ["put", "put"]
+
+
+async def test_maintenance_deletes_reach_the_feed_but_never_the_outbox(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.node.role = "connected"
+    image = make_image("kept")
+    await _put_blobs(store, "app", image.blobs)
+    digest, _ = store.put_manifest("app", image.manifest, image.media_type, ["v1"])
+    assert kept_because(store, "app", str(digest)) == "a local push not yet sent to the parent"
+    store.conn.execute("DELETE FROM outbox")
+    assert kept_because(store, "app", str(digest)) is None
+    store.delete_manifest("app", digest, origin=Origin.MAINTENANCE)
+    assert _rows(store, "outbox") == []
+    assert _rows(store, "changes")[-2:] == [
+        ("app", "delete", "v1", str(digest)),
+        ("app", "delete", None, str(digest)),
+    ]
 
 
 async def test_a_refused_manifest_writes_no_feed_or_outbox_row(tmp_path: Path) -> None:
