@@ -22,6 +22,8 @@ from appliance.registry.context import LOGIN, ON_DEMAND, STORE, requires
 from appliance.registry.errors import UPLOAD_CHUNK_ROUTE, durable_writes, oci_errors
 from appliance.registry.gateway import HIERARCHY, RELAY
 from appliance.registry.relay import Relay
+from appliance.storage.pulls import FLUSH_EVERY
+from appliance.storage.space import DiskFull
 from appliance.storage.store import Store
 from appliance.storage.timestamps import utc_now
 from appliance.storage.uploads import ABANDONED_AFTER
@@ -75,6 +77,16 @@ async def _purge_abandoned_uploads(store: Store, max_age: float) -> None:
         await asyncio.sleep(PURGE_EVERY)
 
 
+async def _flush_pulls(store: Store) -> None:
+    """Write the last-pulled notes every few seconds (storage/pulls.py), never on a GET."""
+    while True:
+        await asyncio.sleep(FLUSH_EVERY)
+        try:
+            store.pulls.flush()
+        except DiskFull:
+            log.warning("disk full: last-pulled times not recorded this time")
+
+
 def make_app(
     config: Config,
     upload_max_age: float = ABANDONED_AFTER,
@@ -110,11 +122,14 @@ def make_app(
         purge = asyncio.create_task(_purge_abandoned_uploads(store, upload_max_age))
         flush = asyncio.create_task(app[RELAY].run())
         prune = asyncio.create_task(prune_periodically(store, app[HIERARCHY]))
+        pulls = asyncio.create_task(_flush_pulls(store))
         yield
-        for task in (purge, flush, prune):
+        for task in (purge, flush, prune, pulls):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(DiskFull):
+            store.pulls.flush()
         await app[RELAY].close()
         await app[ON_DEMAND].close()
         await app[CREDENTIALS].close()

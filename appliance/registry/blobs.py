@@ -38,6 +38,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         # Linked but missing on disk: the store was damaged outside our control.
         raise OCIError(ErrorCode.BLOB_UNKNOWN, "blob content is missing from storage")
+    if request.method == "GET":
+        store.pulls.note_blob(str(digest))
     return web.FileResponse(path, headers=headers)
 
 

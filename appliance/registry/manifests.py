@@ -43,6 +43,8 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
             ErrorCode.MANIFEST_UNKNOWN,
             detail={"name": repository, "reference": str(reference)},
         )
+    if request.method == "GET":
+        store_of(request).pulls.note_manifest(repository, manifest.digest)
     return web.Response(
         body=manifest.content,
         headers={

@@ -222,7 +222,20 @@ def _v5(db: sqlite_utils.Database) -> None:
     db["connected_registries"].add_column("tag_semver", str)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    """When a client last pulled each manifest and blob (storage/pulls.py): what retention's
+    `keep_pulled_within` and watermark eviction's least-recently-pulled order read."""
+    db.execute(
+        "CREATE TABLE manifest_pulls (repository TEXT NOT NULL, digest TEXT NOT NULL, "
+        "last_pulled TEXT NOT NULL, PRIMARY KEY (repository, digest)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE blob_pulls (digest TEXT PRIMARY KEY, last_pulled TEXT NOT NULL) "
+        "WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

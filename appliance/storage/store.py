@@ -30,6 +30,7 @@ from appliance.storage.feed import ChangeFeed
 from appliance.storage.layout import Layout
 from appliance.storage.node import Node
 from appliance.storage.outbox import Outbox
+from appliance.storage.pulls import Pulls
 from appliance.storage.schema import connect, write_transaction
 from appliance.storage.space import DiskFull, refused_when_full
 from appliance.storage.timestamps import timestamp
@@ -98,6 +99,7 @@ class Store:
         self.node = Node(self.conn)
         self.outbox = Outbox(self.conn)
         self.feed = ChangeFeed(self.conn)
+        self.pulls = Pulls(self.db)
 
     def close(self) -> None:
         self.conn.close()

@@ -131,7 +131,14 @@ async def test_a_database_of_an_older_release_migrates_forward_keeping_its_conte
     digest, _ = store.put_manifest("app", image.manifest, image.media_type, ["v1"])
     store.close()
     conn = sqlite3.connect(tmp_path / "registry.db")
-    for table in ("token_passwords", "tokens", "scope_maps", "connected_registries"):
+    for table in (
+        "token_passwords",
+        "tokens",
+        "scope_maps",
+        "connected_registries",
+        "manifest_pulls",
+        "blob_pulls",
+    ):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("DROP INDEX idx_uploads_digest")
     conn.execute("ALTER TABLE uploads DROP COLUMN digest")
