@@ -1,5 +1,6 @@
-"""Is this the password of this token? Checked against its scrypt hashes, with the verdict
-cached so Basic auth on every request does not cost a scrypt each.
+"""Is this the password of this token? Checked against its hashes (scrypt, or the fast hash of a
+generated password: auth/passwords.py), with the verdict cached so Basic auth on every request
+does not cost a scrypt each.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CREDENTIAL_CACHE_SECONDS = 60.0
 # From this age on a cached verdict is still served while one check renews it in the background,
 # so credentials in steady use never make a request wait for scrypt.
 CREDENTIAL_REFRESH_SECONDS = 0.8 * CREDENTIAL_CACHE_SECONDS
-_CACHE_LIMIT = 10000
+_CACHE_LIMIT = 50000
 
 
 class CredentialChecks:
@@ -82,7 +83,9 @@ class CredentialChecks:
         else:
             verdict = _Verdict(None, _fingerprint(token), monotonic())
         if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
+            # The oldest verdict goes, not all: a fleet larger than the cache must not turn
+            # every wipe into a burst of checks.
+            self._cache.pop(next(iter(self._cache)))
         self._cache[key] = verdict
         return verdict
 

@@ -20,7 +20,7 @@ from typing import Any
 import sqlite_utils
 
 from appliance.auth.credential_checks import CredentialChecks
-from appliance.auth.passwords import PasswordChecks, generate_password, hash_password
+from appliance.auth.passwords import PasswordChecks, generate_password, hash_generated
 from appliance.auth.scopes import (
     GatewayPermission,
     PatternError,
@@ -230,7 +230,7 @@ class Credentials:
         validate_resource_name("token", name)
         _check_status(status)
         passwords = {n: generate_password() for n in PASSWORD_NAMES} if with_passwords else {}
-        hashes = {n: hash_password(pw) for n, pw in passwords.items()}
+        hashes = {n: hash_generated(pw) for n, pw in passwords.items()}
         with self.records.transaction():
             if self.records.token(name) is not None:
                 raise CredentialError(f"token {name!r} already exists")
@@ -271,7 +271,7 @@ class Credentials:
         """Replace one of the token's two passwords; the other keeps working."""
         _check_slot(slot)
         password = generate_password()
-        hashed = hash_password(password)
+        hashed = hash_generated(password)
         with self.records.transaction():
             token = self.token(name)
             _check_editable("token", name, token.origin, by_parent)

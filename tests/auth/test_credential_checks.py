@@ -18,11 +18,18 @@ from support.auth import ALL_ACTIONS, auth_server, write_config
 
 from appliance.auth import credential_checks
 from appliance.auth.credential_checks import CREDENTIAL_CACHE_SECONDS, CREDENTIAL_REFRESH_SECONDS
-from appliance.auth.passwords import PasswordChecks
+from appliance.auth.passwords import (
+    PasswordChecks,
+    generate_password,
+    hash_generated,
+    hash_password,
+    verify_password,
+)
 from appliance.auth.tokens import Credentials, parse_permissions
 from appliance.storage.store import Store
 
-CHECK_LINE = "checking a password against its scrypt hash"
+# Logged once per password check, whatever the hash scheme.
+CHECK_LINE = "checking a password against its "
 # Bounds a hang (an answer that waited for a held check) so it fails instead; not a speed limit.
 HANG = 30
 
@@ -189,3 +196,26 @@ async def test_a_request_given_up_on_does_not_cancel_the_check_others_wait_for(
     assert await waiting is not None
     assert abandoned.cancelled()
     assert checks.started == 1
+
+
+def test_generated_passwords_get_the_fast_hash_and_old_scrypt_hashes_still_verify() -> None:
+    password = generate_password()
+    fast = hash_generated(password)
+    slow = hash_password(password)
+    assert fast.startswith("sha256$") and slow.startswith("scrypt$")
+    assert verify_password(password, fast) and verify_password(password, slow)
+    assert not verify_password(password + "x", fast)
+    assert not verify_password(password, "sha256$not-base64$")
+
+
+async def test_a_token_made_now_stores_the_fast_hash_and_a_scrypt_one_still_authenticates(
+    credentials: Credentials, checks: HeldChecks
+) -> None:
+    checks.gate.set()
+    password = make_token(credentials)
+    assert all(p.hash.startswith("sha256$") for p in credentials.token("client").passwords)
+    assert await credentials.authenticate("client", password) is not None
+    legacy = generate_password()
+    with credentials.records.transaction():  # a hash stored before the fast scheme existed
+        credentials.records.set_password("client", "password2", hash_password(legacy), None, "x")
+    assert await credentials.authenticate("client", legacy) is not None
