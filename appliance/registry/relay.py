@@ -5,8 +5,8 @@ A connected registry answers `/gateway/v1/registries/{name}/…` for every regis
 
 Authentication. The caller's Basic credentials are a descendant's sync token (a child's, or a
 deeper descendant's relaying through it); they are checked against the password hashes in the
-cached `descendants` settings (scrypt on the `PasswordChecks` threads, or inline for the fast hash of
-a generated password: auth/passwords.py; a success is remembered for
+cached `descendants` settings (scrypt on the `PasswordChecks` threads, or inline for the fast
+hash of a generated password: auth/passwords.py; a success is remembered for
 `CREDENTIAL_CACHE_SECONDS` under an HMAC of the credentials, and only while that hash is still
 sent), and the token's `scopeMap.gateways` must grant the action for `{name}`. When the check
 fails (unknown registry or token, wrong password, missing permission) this node first refreshes
