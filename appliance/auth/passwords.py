@@ -6,8 +6,8 @@ bits cannot be guessed however fast each guess is, so a slow KDF buys nothing an
 every device's authentication ~0.1 s and 32 MiB (ARCHITECTURE.md, "device authentication").
 The hash is unkeyed on purpose: it travels in the settings to descendants, which check their
 own descendants' relayed calls against it (registry/relay.py) and hold no key of this node's.
-A password a person chose (`hash_password`) stays on scrypt; old scrypt hashes of generated
-passwords keep verifying.
+Every token password is generated, so every new hash is the fast one; scrypt hashes stored
+before it keep verifying, and `hash_password` (scrypt) stays for a password a person chooses.
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def verify_password(password: str, stored: str) -> bool:
         try:
             _, salt, expected = stored.split("$")
             digest = hashlib.sha256(base64.b64decode(salt) + password.encode()).digest()
-        except (ValueError, TypeError):
+            return hmac.compare_digest(digest, base64.b64decode(expected))
+        except (ValueError, TypeError):  # binascii.Error is a ValueError
             return False
-        return hmac.compare_digest(digest, base64.b64decode(expected))
     try:
         scheme, n, r, p, salt, expected = stored.split("$")
         if scheme != "scrypt":

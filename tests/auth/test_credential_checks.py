@@ -206,6 +206,8 @@ def test_generated_passwords_get_the_fast_hash_and_old_scrypt_hashes_still_verif
     assert verify_password(password, fast) and verify_password(password, slow)
     assert not verify_password(password + "x", fast)
     assert not verify_password(password, "sha256$not-base64$")
+    salt = fast.split("$")[1]
+    assert not verify_password(password, f"sha256${salt}$not-base64")
 
 
 async def test_a_token_made_now_stores_the_fast_hash_and_a_scrypt_one_still_authenticates(
