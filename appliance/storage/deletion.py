@@ -8,12 +8,13 @@ would lose the only copy); locks and pins join here.
 
 from __future__ import annotations
 
+from appliance.oci.digests import Digest
 from appliance.storage.store import Store
 
 
-def kept_because(store: Store, repository: str, digest: str) -> str | None:
+def kept_because(store: Store, repository: str, digest: str | Digest) -> str | None:
     """Why maintenance must leave the manifest `digest` of `repository` (and its blobs) alone,
     in words for a report; None when it may go."""
-    if store.outbox.holds(repository, digest):
+    if store.outbox.holds(repository, str(digest)):
         return "a local push not yet sent to the parent"
     return None

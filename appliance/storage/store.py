@@ -562,6 +562,30 @@ class Store:
             )
         ]
 
+    def changed_here(self, repository: str, digest: str | Digest) -> bool:
+        """Whether this node changed the manifest itself: stored, or a tag pointed at it, by a
+        write that did not come from the parent (a ReadWrite node keeps such a manifest when
+        the parent deletes it)."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM repository_manifests rm WHERE rm.repository_id = r.id "
+            "AND rm.digest = ? AND rm.origin != ?) OR EXISTS (SELECT 1 FROM tags t "
+            "WHERE t.repository_id = r.id AND t.digest = ? AND t.origin != ?) "
+            "FROM repositories r WHERE r.name = ?",
+            (str(digest), Origin.PARENT.value, str(digest), Origin.PARENT.value, repository),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def tags_of(self, repository: str, digest: str | Digest) -> list[str]:
+        """The tags pointing at `digest` in `repository`, by name."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "WHERE r.name = ? AND t.digest = ? ORDER BY t.name",
+                (repository, str(digest)),
+            )
+        ]
+
     def hand_tag_to_parent(self, repository: str, tag: str, digest: str) -> bool:
         """Mark a tag that still points at `digest` as the parent's, so pull sync may move or
         delete it from now on: push sync does this once the parent has the tag at that digest,

@@ -57,6 +57,7 @@ from appliance.control.roles import READ_ONLY
 from appliance.oci.digests import Digest
 from appliance.oci.errors import OCIError
 from appliance.oci.manifests import Descriptor, parse_manifest, required_blobs
+from appliance.storage.deletion import kept_because
 from appliance.storage.store import Origin, Store
 from appliance.sync.client import FetchedManifest, RegistryClient, RegistryError
 from appliance.sync.content import TagFilter
@@ -94,6 +95,8 @@ class Transfer:
     tags_moved: int = 0
     tags_deleted: int = 0
     tags_kept: list[str] = field(default_factory=list)
+    # Manifests deleted by digest upstream and so here.
+    manifests_deleted: int = 0
 
     def add(self, other: Transfer) -> None:
         self.repositories += other.repositories
@@ -105,6 +108,7 @@ class Transfer:
         self.tags_moved += other.tags_moved
         self.tags_deleted += other.tags_deleted
         self.tags_kept += other.tags_kept
+        self.manifests_deleted += other.manifests_deleted
 
 
 class RepositoryCopy:
@@ -138,6 +142,8 @@ class RepositoryCopy:
         self._targets: dict[Digest, asyncio.Task[FetchedManifest]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._blob_slots = asyncio.Semaphore(PARALLEL_BLOBS)
+        # Manifests whose tags this reconcile removed: candidates for a delete by digest.
+        self._untagged_here: list[Digest] = []
 
     async def reconcile(self) -> Transfer:
         name = self.repository
@@ -173,6 +179,54 @@ class RepositoryCopy:
                         raise
         finally:
             await self._end_tasks()
+
+    def delete_gone_upstream(self, digests: list[str]) -> None:
+        """Delete the manifests the upstream deleted by digest (the change feed names them), with
+        `Origin.PARENT`: into this node's own feed, so its children follow, never into the
+        outbox. A ReadWrite node keeps one it changed itself (pushed or tagged here) or that
+        maintenance must keep (`kept_because`): push sync carries it back up."""
+        gone: list[Digest] = []
+        for text in digests:
+            try:
+                digest = Digest.parse(text)
+            except OCIError:
+                continue
+            if self._may_delete(digest):
+                gone.append(digest)
+        self._delete_manifests(gone)
+
+    async def delete_untagged_gone_upstream(self) -> None:
+        """A source without a change feed (a plain upstream, or a parent read in full) says
+        nothing of deletes by digest: each manifest whose last tag this reconcile removed is
+        asked for by digest, and deleted here if the upstream no longer has it. One HEAD per
+        such manifest, none on a run where no tag went."""
+        gone: list[Digest] = []
+        for digest in self._untagged_here:
+            if not self._may_delete(digest) or self.store.tags_of(self.repository, digest):
+                continue
+            self._check_deadline()
+            if await self.client.head_manifest(self.repository, str(digest)) is None:
+                gone.append(digest)
+        self._delete_manifests(gone)
+
+    def _may_delete(self, digest: Digest) -> bool:
+        if self.store.manifest(self.repository, digest) is None:
+            return False
+        return self.read_only or not (
+            self.store.changed_here(self.repository, digest)
+            or kept_because(self.store, self.repository, digest) is not None
+        )
+
+    def _delete_manifests(self, gone: list[Digest]) -> None:
+        if gone and not self.dry_run:
+            with self.store.transaction():
+                for digest in gone:
+                    for tag in self.store.tags_of(self.repository, digest):
+                        self.store.node.delete(parent_tag_key(self.repository, tag))
+                    self.store.delete_manifest(self.repository, digest, origin=Origin.PARENT)
+        self.transfer.manifests_deleted += len(gone)
+        if gone:
+            self.transfer.repositories = 1
 
     def _check_deadline(self) -> None:
         if self._stopped or self.deadline.passed():
@@ -431,6 +485,10 @@ class RepositoryCopy:
             for tag in local
             if tag not in upstream and self.tag_filter(tag) and self._may_change(tag)
         ]
+        for tag in gone:
+            stored = self.store.manifest(self.repository, tag)
+            if stored is not None and Digest.parse(stored.digest) not in self._untagged_here:
+                self._untagged_here.append(Digest.parse(stored.digest))
         if gone and not self.dry_run:
             # One transaction (one fsync) for them all.
             with self.store.transaction():

@@ -129,7 +129,15 @@ async def sync_with_parent(
             client = source.client()
             named = None if plan.full else plan.repositories
             pulled = await pull(
-                store, source, client, node.mode, dry_run, deadline, named, plan.untagged
+                store,
+                source,
+                client,
+                node.mode,
+                dry_run,
+                deadline,
+                named,
+                plan.untagged,
+                plan.deleted,
             )
             report.absorb(pulled)
         clean = not report.errors and not report.unreachable and not report.window_closed

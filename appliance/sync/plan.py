@@ -38,6 +38,9 @@ class Plan:
     # Manifests the feed says were put by digest, per repository: a signature or SBOM attached
     # to an image whose tags did not move, which comparing tags would not find.
     untagged: dict[str, list[str]] = field(default_factory=dict)
+    # Manifests the feed says were deleted by digest, per repository (and not put again later in
+    # the feed): deleted here too, on a ReadWrite node unless this node changed them (copy.py).
+    deleted: dict[str, list[str]] = field(default_factory=dict)
 
 
 async def read_plan(
@@ -58,6 +61,7 @@ async def read_plan(
     full = cursor is None or asked or _scope(cached) != _scope(settings)
     named: set[str] = set()
     untagged: dict[str, list[str]] = {}
+    deleted: dict[str, list[str]] = {}
     position = 0 if full else cursor
     try:
         for _ in range(MAX_FEED_PAGES):
@@ -71,10 +75,7 @@ async def read_plan(
                 if not isinstance(change, dict) or not isinstance(change.get("repository"), str):
                     continue
                 named.add(change["repository"])
-                if change.get("op") == "put" and change.get("tag") is None:
-                    digests = untagged.setdefault(change["repository"], [])
-                    if isinstance(change.get("digest"), str) and change["digest"] not in digests:
-                        digests.append(change["digest"])
+                _note(change, untagged, deleted)
             if not answer.get("more"):
                 break
     except ParentUnreachable as err:
@@ -91,7 +92,36 @@ async def read_plan(
         report.feed = "full"
         return Plan(full=True, repositories=[], cursor=position)
     report.feed = "changes" if named else "idle"
-    return Plan(full=False, repositories=sorted(named), cursor=position, untagged=untagged)
+    return Plan(
+        full=False,
+        repositories=sorted(named),
+        cursor=position,
+        untagged=untagged,
+        deleted={repo: digests for repo, digests in deleted.items() if digests},
+    )
+
+
+def _note(
+    change: dict[str, Any], untagged: dict[str, list[str]], deleted: dict[str, list[str]]
+) -> None:
+    """Fold one change into the by-digest puts and deletes, in feed order: the last word on a
+    digest wins (a manifest deleted then pushed again is not deleted here, and the reverse)."""
+    digest = change.get("digest")
+    if not isinstance(digest, str):
+        return
+    repository = change["repository"]
+    puts = untagged.setdefault(repository, [])
+    gone = deleted.setdefault(repository, [])
+    if change.get("op") == "put":
+        if digest in gone:
+            gone.remove(digest)
+        if change.get("tag") is None and digest not in puts:
+            puts.append(digest)
+    elif change.get("op") == "delete" and change.get("tag") is None:
+        if digest in puts:
+            puts.remove(digest)
+        if digest not in gone:
+            gone.append(digest)
 
 
 def _scope(settings: dict[str, Any]) -> tuple[Any, ...]:

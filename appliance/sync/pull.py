@@ -35,9 +35,11 @@ async def pull(
     deadline: Deadline,
     named: list[str] | None,
     untagged: dict[str, list[str]] | None = None,
+    deleted: dict[str, list[str]] | None = None,
 ) -> SourceReport:
     """Reconcile `named` repositories, or (None) every repository in the source's scope; then
-    copy the manifests `untagged` names by digest (from the change feed). Failures are in the
+    copy the manifests `untagged` names by digest and delete those `deleted` names (both from
+    the change feed). Failures are in the
     report, never raised. `client` is entered here."""
     report = SourceReport(source.label)
     current_progress().set_phase("pulling", source.label)
@@ -66,7 +68,9 @@ async def pull(
                 )
                 try:
                     await copy.reconcile()
+                    await copy.delete_untagged_gone_upstream()
                     await copy.copy_untagged((untagged or {}).get(repository, []))
+                    copy.delete_gone_upstream((deleted or {}).get(repository, []))
                 except (UpstreamUnreachable, WindowClosed):
                     report.transfer.add(copy.transfer)
                     raise
@@ -97,7 +101,13 @@ async def pull(
 
 def _log_copied(repository: str, moved: Transfer, dry_run: bool) -> None:
     """One journal line per repository that changed, with its REPOSITORY field."""
-    if not (moved.manifests or moved.tags_moved or moved.tags_deleted or moved.blobs):
+    if not (
+        moved.manifests
+        or moved.tags_moved
+        or moved.tags_deleted
+        or moved.blobs
+        or moved.manifests_deleted
+    ):
         return
     log.info(
         "%s %s: %d manifests, %d blobs (%d bytes), %d tags moved, %d deleted",

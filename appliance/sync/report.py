@@ -130,5 +130,6 @@ def _transfer_json(transfer: Transfer) -> dict[str, Any]:
         "blobsMounted": fields["mounted"],
         "tagsMoved": fields["tags_moved"],
         "tagsDeleted": fields["tags_deleted"],
+        "manifestsDeleted": fields["manifests_deleted"],
         "tagsKeptLocal": fields["tags_kept"],
     }

@@ -178,7 +178,7 @@ async def test_a_plain_upstream_is_mirrored_byte_exact(
     auth_round_trips = 2  # the first anonymous request of the run is answered 401
     assert second["requests"] <= 2 + tags + auth_round_trips
 
-    # A manifest deleted upstream takes its tag with it on the next run.
+    # A manifest deleted upstream takes its tag with it on the next run, and goes itself.
     old = pushed["old"]
     assert isinstance(old, Image)
     async with (
@@ -188,11 +188,16 @@ async def test_a_plain_upstream_is_mirrored_byte_exact(
         assert response.status == 202
     third = await asyncio.to_thread(sync_json, "--config", str(config))
     assert third["total"]["tagsDeleted"] == 1
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{node.url}/v2/mirror/app/manifests/old") as response,
-    ):
-        assert response.status == 404
+    assert third["total"]["manifestsDeleted"] == 1
+    async with aiohttp.ClientSession() as http:
+        for reference in ("old", old.digest):
+            async with http.get(f"{node.url}/v2/mirror/app/manifests/{reference}") as response:
+                assert response.status == 404
+        # The image that stays keeps its manifest and signature.
+        body, _ = await get(http, f"{node.url}/v2/mirror/app/manifests/{image.digest}")
+        assert body == image.manifest
+        body, _ = await get(http, f"{node.url}/v2/mirror/app/manifests/{signature.digest}")
+        assert body == signature.manifest
     async with aiohttp.ClientSession() as http:
         body, _ = await get(http, f"{node.url}/v2/mirror/app/tags/list")
         assert "old" not in json.loads(body)["tags"]

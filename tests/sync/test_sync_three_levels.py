@@ -409,6 +409,62 @@ async def test_the_middle_serves_its_feed_while_the_root_is_down(tree: Tree) -> 
     await assert_serves(tree.root.server, tree.writer, "demo/app", "v2", blobs, image.manifest)
 
 
+# -- deletes by digest travel down ------------------------------------------------------------
+
+
+async def _status(tree: Tree, server: RegistryProcess, repo: str, reference: str) -> int:
+    url = f"{server.url}/v2/{repo}/manifests/{reference}"
+    async with (
+        aiohttp.ClientSession(headers=tree.writer) as http,
+        http.head(url) as response,
+    ):
+        return response.status
+
+
+async def test_a_delete_by_digest_on_the_root_reaches_the_read_only_grandchild(tree: Tree) -> None:
+    image = make_image("deleted-at-the-root")
+    async with aiohttp.ClientSession(headers=tree.writer) as http:
+        await push_image(http, tree.root.server.url, "demo/app-gone", image, "v1")
+    assert parent_of(tree.sync(tree.edge))["errors"] == []
+    assert parent_of(tree.sync(tree.shelf))["errors"] == []
+    assert await _status(tree, tree.shelf, "demo/app-gone", image.digest) == 200
+    async with aiohttp.ClientSession(headers=tree.writer) as http:
+        url = f"{tree.root.server.url}/v2/demo/app-gone/manifests/{image.digest}"
+        async with http.delete(url) as response:
+            assert response.status == 202, await response.text()
+
+    middle = tree.sync(tree.edge)
+    assert parent_of(middle)["errors"] == []
+    assert middle["total"]["manifestsDeleted"] == 1
+    # The middle's delete came from its parent: never replayed upward.
+    assert outbox(tree.edge.data_dir) == []
+    assert await _status(tree, tree.edge, "demo/app-gone", image.digest) == 404
+    low = tree.sync(tree.shelf)
+    assert parent_of(low)["errors"] == []
+    assert low["total"]["manifestsDeleted"] == 1
+    assert await _status(tree, tree.shelf, "demo/app-gone", image.digest) == 404
+    assert await _status(tree, tree.shelf, "demo/app-gone", "v1") == 404
+
+
+async def test_a_read_write_middle_keeps_a_manifest_it_tagged_itself(tree: Tree) -> None:
+    image = make_image("kept-by-the-middle")
+    async with aiohttp.ClientSession(headers=tree.writer) as http:
+        await push_image(http, tree.root.server.url, "demo/kept", image, "v1")
+    assert parent_of(tree.sync(tree.edge))["errors"] == []
+    async with aiohttp.ClientSession(headers=tree.writer) as http:
+        url = f"{tree.root.server.url}/v2/demo/kept/manifests/{image.digest}"
+        async with http.delete(url) as response:
+            assert response.status == 202, await response.text()
+        # Meanwhile a client tags it on edge01: edge01 changed it, so it is edge01's to keep.
+        await push_image(http, tree.edge.url, "demo/kept", image, "mine")
+
+    report = tree.sync(tree.edge)
+    assert parent_of(report)["errors"] == []
+    assert report["total"]["manifestsDeleted"] == 0
+    assert await _status(tree, tree.edge, "demo/kept", "mine") == 200
+    assert await _status(tree, tree.edge, "demo/kept", image.digest) == 200
+
+
 # -- retention on a middle node -----------------------------------------------------------------
 
 
